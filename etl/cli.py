@@ -1,0 +1,207 @@
+"""The ``devin-etl`` command line: thin callers of the pipeline functions.
+
+Exit codes: 0 success, 1 failure (one ``Error:`` line on stderr, a
+traceback only with ``--debug``), 2 usage errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import sqlalchemy as sa
+
+from etl import __version__, db
+from etl.config import Settings, load_settings
+from etl.errors import EtlError
+from etl.extract import DevinClient
+from etl.logs import configure_logging, redact, register_secret
+from etl.pipeline import RunSummary, SessionSync
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the group options decide for every command."""
+
+    config_path: Path | None
+    is_debug: bool
+    log_format: str | None
+
+    def settings(self, *, is_daemon: bool = False) -> Settings:
+        settings = load_settings(self.config_path)
+        register_secret(
+            settings.api.key.get_secret_value() if settings.api.key else None
+        )
+        level = "DEBUG" if self.is_debug else settings.logging.level
+        log_format = self.log_format or settings.logging.format
+        configure_logging(level, log_format, is_daemon=is_daemon)
+        return settings
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="Example: DEVIN_API_KEY=cog_... devin-etl sync",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="TOML settings file [default: $DEVIN_ETL_CONFIG or config/devin-etl.toml].",
+)
+@click.option("--debug", is_flag=True, help="Log internals and show tracebacks.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["auto", "text", "json"]),
+    help="Log line format [default: from settings].",
+)
+@click.version_option(__version__, prog_name="devin-etl")
+@click.pass_context
+def cli(
+    ctx: click.Context, config_path: Path | None, debug: bool, log_format: str | None
+) -> None:
+    """Sync Devin sessions from the Devin API v3 into a SQL warehouse."""
+    ctx.obj = Context(config_path, debug, log_format)
+
+
+@cli.command(epilog="Example: devin-etl sync   (from cron: */15 * * * *)")
+@click.option("--full", is_flag=True, help="Ignore the watermark; list everything.")
+@click.pass_obj
+def sync(obj: Context, full: bool) -> None:
+    """Run one incremental sync of the configured sessions, then exit."""
+    settings = obj.settings()
+    with open_warehouse(settings) as engine:
+        summary = sync_once(settings, engine, full=full)
+    click.echo(describe_run(summary))
+
+
+def sync_once(
+    settings: Settings, engine: sa.Engine, *, full: bool = False
+) -> RunSummary:
+    """Check the schema, then run one sync with a fresh API client."""
+    db.ensure_schema(engine, settings.database)
+    client = DevinClient(settings.api, settings.require_api_key())
+    try:
+        return SessionSync(settings, engine, client).run(full=full)
+    finally:
+        client.close()
+
+
+@cli.command(
+    epilog="Example: DATABASE_URL=postgresql://etl@db/warehouse devin-etl migrate"
+)
+@click.pass_obj
+def migrate(obj: Context) -> None:
+    """Create or upgrade the warehouse schema to the latest revision."""
+    settings = obj.settings()
+    with open_warehouse(settings) as engine:
+        revision = db.upgrade_schema(engine, settings.database)
+    click.echo(f"Warehouse schema is at revision {revision}.")
+
+
+@cli.command(epilog="Example: devin-etl status")
+@click.option("--runs", default=10, show_default=True, help="How many runs to list.")
+@click.pass_obj
+def status(obj: Context, runs: int) -> None:
+    """Show the watermark, the last runs and the row counts."""
+    from etl.report import render_status
+
+    settings = obj.settings()
+    with open_warehouse(settings) as engine:
+        db.ensure_schema(
+            engine, settings.database.model_copy(update={"auto_migrate": False})
+        )
+        click.echo(render_status(engine, settings, runs=runs))
+
+
+@cli.command(epilog="Example: devin-etl demo --sessions 2000")
+@click.option("--sessions", default=2000, show_default=True, help="Simulated sessions.")
+@click.option(
+    "--database-url",
+    default=None,
+    help="Warehouse for the demo [default: the embedded SQLite file].",
+)
+@click.pass_obj
+def demo(obj: Context, sessions: int, database_url: str | None) -> None:
+    """Sync from a local API simulator twice and show what the warehouse holds.
+
+    Needs no API key and no database server.
+    """
+    from etl.demo import run_demo
+
+    settings = obj.settings()
+    run_demo(settings, sessions=sessions, database_url=database_url, echo=click.echo)
+
+
+@cli.command(epilog="Example: devin-etl simulate --port 8080 --sessions 5000")
+@click.option("--port", default=8080, show_default=True, help="Port on 127.0.0.1.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address.")
+@click.option("--sessions", default=5000, show_default=True, help="Simulated sessions.")
+@click.option("--seed", default=0, show_default=True, help="Data generator seed.")
+def simulate(port: int, host: str, sessions: int, seed: int) -> None:
+    """Serve a fake Devin API with generated sessions until interrupted."""
+    from etl.simulator import serve
+
+    serve(sessions_count=sessions, port=port, seed=seed, host=host)
+
+
+@contextmanager
+def open_warehouse(settings: Settings) -> Iterator[sa.Engine]:
+    engine = db.create_warehouse_engine(settings.database)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def describe_run(summary: RunSummary) -> str:
+    counts = summary.counts
+    complete = "" if summary.is_window_complete else " (window incomplete)"
+    return (
+        f"Run {summary.run_id} succeeded in {summary.seconds:.1f}s{complete}: "
+        f"{counts.sessions_seen} sessions seen, {counts.sessions_inserted} new, "
+        f"{counts.sessions_updated} updated, {counts.sessions_unchanged} unchanged, "
+        f"{counts.items_rejected} rejected; watermark "
+        f"{summary.watermark.isoformat() if summary.watermark else 'none'}"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI and turn expected failures into one line."""
+    is_debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="devin-etl", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except EtlError as error:
+        _fail(str(error), error, is_debug)
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)
+    except Exception as error:
+        _fail(
+            f"unexpected {type(error).__name__}: {error} "
+            "(rerun with --debug and report it)",
+            error,
+            is_debug,
+        )
+
+
+def _fail(message: str, error: BaseException, is_debug: bool) -> None:
+    if is_debug:
+        log.error("Failed", exc_info=error)
+    click.echo(f"Error: {redact(message)}", err=True)
+    sys.exit(1)

@@ -1,0 +1,421 @@
+"""One sync run: extract pages, normalize them, load them, move the watermark.
+
+How the watermark stays correct (the README's "Guarantees" says the same):
+
+* A run lists the window ``updated_after = watermark - lookback`` with no
+  upper bound, so an item that changes during the listing stays in it.
+* The run's reference time is the server's ``Date`` header on the first
+  page, never this host's clock: a skewed host clock cannot open a gap.
+* A listing is *stable* when no session came twice and ``total`` (when the
+  API reports it) did not move. Only a stable listing is a complete
+  snapshot whatever the cursor kind; an unstable one (an offset cursor
+  shifted by a change) is listed again, up to ``sync.max_passes`` times.
+* The watermark becomes the start time of the last stable listing, written
+  in the same transaction as that listing's last batch. Earlier batches
+  commit on their own: if the process dies, they hold newer data and the
+  old watermark makes the next run read them again, harmlessly.
+* The lookback re-reads the seconds around the boundary, which covers an
+  inclusive or exclusive ``updated_after`` and many sessions sharing one
+  ``updated_at`` second.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from itertools import islice
+from typing import Any
+
+import sqlalchemy as sa
+
+from etl import state
+from etl.config import Settings
+from etl.errors import ApiContractError, EtlError
+from etl.extract import (
+    SESSIONS_PATH,
+    DevinClient,
+    Page,
+    find_filter_violation,
+    session_params,
+)
+from etl.load import LoadResult, load_batch
+from etl.prefetch import prefetch
+from etl.transform import normalize_items
+
+log = logging.getLogger(__name__)
+
+SYNC = "sync"
+
+
+@dataclass
+class RunCounts:
+    """The counters of ``sync_runs``, accumulated over a run."""
+
+    pages: int = 0
+    sessions_seen: int = 0
+    sessions_inserted: int = 0
+    sessions_updated: int = 0
+    sessions_unchanged: int = 0
+    child_rows_written: int = 0
+    items_rejected: int = 0
+    api_requests: int = 0
+    api_retries: int = 0
+
+    def add(self, other: RunCounts) -> None:
+        for name, value in vars(other).items():
+            setattr(self, name, getattr(self, name) + value)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run_id: int
+    window_start: datetime | None
+    watermark: datetime | None
+    passes: int
+    is_window_complete: bool
+    counts: RunCounts
+    seconds: float
+
+
+@dataclass
+class _Listing:
+    """What one pass over the window saw, for the stability verdict."""
+
+    server_time: datetime | None = None
+    newest_update: int | None = None
+    first_total: int | None = None
+    is_stable: bool = True
+    seen: set[int] = field(default_factory=set)
+
+    def observe(self, page: Page, session_ids: list[str], updated: list[int]) -> None:
+        if self.server_time is None and not self.seen:
+            self.server_time = page.server_time
+            self.first_total = page.total
+        if page.total is not None and page.total != self.first_total:
+            self.is_stable = False
+        for session_id in session_ids:
+            key = hash(session_id)
+            if key in self.seen:
+                self.is_stable = False
+            self.seen.add(key)
+        if updated:
+            self.newest_update = max(self.newest_update or 0, *updated)
+
+
+class SessionSync:
+    """Runs of the sessions sync for one configured source."""
+
+    def __init__(
+        self, settings: Settings, engine: sa.Engine, client: DevinClient
+    ) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._client = client
+        self._source = settings.sync.source
+        self._fingerprint = _fingerprint(settings)
+
+    def run(self, *, full: bool = False) -> RunSummary:
+        """Sync once; ``full`` ignores the watermark and lists everything.
+
+        Raises an :class:`EtlError` after recording the failed run.
+        """
+        started = time.monotonic()
+        with self._engine.begin() as connection:
+            stored = state.read_source_state(connection, self._source)
+            window_start = self._window_start(stored, full=full)
+            run_id = state.start_run(
+                connection, source=self._source, kind=SYNC, window_start=window_start
+            )
+        log.info(
+            "Run %s: syncing sessions updated after %s",
+            run_id,
+            window_start.isoformat() if window_start else "the beginning",
+        )
+        try:
+            summary = self._run_passes(run_id, window_start, stored.watermark)
+        except (EtlError, Exception, KeyboardInterrupt) as error:
+            self._record_failure(run_id, error)
+            raise
+        summary = replace(summary, seconds=time.monotonic() - started)
+        _log_summary(summary)
+        return summary
+
+    def _window_start(
+        self, stored: state.SourceState, *, full: bool
+    ) -> datetime | None:
+        if full or stored.watermark is None:
+            return None
+        if stored.filters_fingerprint != self._fingerprint:
+            log.warning(
+                "The filters or base URL of source %r changed since its last "
+                "run: listing everything again",
+                self._source,
+            )
+            return None
+        return stored.watermark - timedelta(
+            seconds=self._settings.sync.lookback_seconds
+        )
+
+    def _run_passes(
+        self, run_id: int, window_start: datetime | None, old: datetime | None
+    ) -> RunSummary:
+        counts = RunCounts()
+        max_passes = self._settings.sync.max_passes
+        for number in range(1, max_passes + 1):
+            is_last_pass = number == max_passes
+            close_pass = partial(
+                self._close_pass,
+                run_id=run_id,
+                old=old,
+                number=number,
+                is_last_pass=is_last_pass,
+            )
+            listing = self._run_pass(run_id, window_start, counts, close_pass)
+            if listing.is_stable:
+                return self._summary(run_id, window_start, listing, number, counts)
+            log.warning(
+                "Run %s: sessions moved during listing %s (an offset cursor "
+                "may have skipped some)%s",
+                run_id,
+                number,
+                "" if is_last_pass else "; listing the window again",
+            )
+        log.warning(
+            "Run %s: no stable listing after %s passes; the watermark stays at %s "
+            "so that the next run reads this window again",
+            run_id,
+            max_passes,
+            old,
+        )
+        return RunSummary(run_id, window_start, old, max_passes, False, counts, 0.0)
+
+    def _summary(
+        self,
+        run_id: int,
+        window_start: datetime | None,
+        listing: _Listing,
+        passes: int,
+        counts: RunCounts,
+    ) -> RunSummary:
+        watermark = _reference_time(listing) or listing.server_time
+        return RunSummary(run_id, window_start, watermark, passes, True, counts, 0.0)
+
+    def _run_pass(
+        self,
+        run_id: int,
+        window_start: datetime | None,
+        counts: RunCounts,
+        close_pass: Callable[[sa.Connection, _Listing], None],
+    ) -> _Listing:
+        """List the window once, loading each batch in its own transaction.
+
+        The last batch's transaction also runs ``close_pass``, which decides
+        what becomes of the watermark.
+        """
+        listing = _Listing()
+        updated_after = int(window_start.timestamp()) if window_start else None
+        params = session_params(self._settings.filters, updated_after=updated_after)
+        pages = self._client.iter_pages(
+            SESSIONS_PATH, params, page_size=self._settings.api.page_size
+        )
+        size = self._settings.sync.batch_pages
+        with closing(prefetch(pages, depth=size)) as ahead:
+            for batch, is_last in _mark_last(_batched(ahead, size)):
+                items = self._check_pages(batch, listing, updated_after)
+                last_step = close_pass if is_last else None
+                counts.add(self._load(run_id, batch, items, listing, last_step))
+        return listing
+
+    def _check_pages(
+        self, pages: tuple[Page, ...], listing: _Listing, updated_after: int | None
+    ) -> list[dict[str, Any]]:
+        items = [item for page in pages for item in page.items]
+        for item in items:
+            violated = find_filter_violation(item, self._settings.filters)
+            if violated:
+                raise ApiContractError(
+                    f"GET {SESSIONS_PATH} returned session {item.get('session_id')} "
+                    f"outside the configured filter {violated}: the server ignored "
+                    "the filter, so nothing of this batch was stored; check "
+                    "DEVIN_API_BASE_URL points at an API that supports it"
+                )
+        _warn_if_window_ignored(items, updated_after)
+        for page in pages:
+            listing.observe(
+                page,
+                [
+                    i["session_id"]
+                    for i in page.items
+                    if isinstance(i.get("session_id"), str)
+                ],
+                [
+                    i["updated_at"]
+                    for i in page.items
+                    if isinstance(i.get("updated_at"), int)
+                ],
+            )
+        return items
+
+    def _load(
+        self,
+        run_id: int,
+        pages: tuple[Page, ...],
+        items: list[dict[str, Any]],
+        listing: _Listing,
+        close_pass: Callable[[sa.Connection, _Listing], None] | None,
+    ) -> RunCounts:
+        started = time.monotonic()
+        batch = normalize_items(items)
+        with self._engine.begin() as connection:
+            result = load_batch(connection, batch, synced_at=state.utc_now())
+            counts = self._batch_counts(pages, batch.rejected, result)
+            state.add_run_counts(connection, run_id, **vars(counts))
+            if close_pass is not None:
+                close_pass(connection, listing)
+        log.info(
+            "Run %s: batch of %s pages, %s sessions (%s new, %s updated, %s "
+            "unchanged), %s child rows written, %s rejected in %.2fs",
+            run_id,
+            len(pages),
+            len(batch.sessions),
+            result.inserted,
+            result.updated,
+            result.unchanged,
+            result.child_rows_written,
+            batch.rejected,
+            time.monotonic() - started,
+        )
+        return counts
+
+    def _batch_counts(
+        self, pages: tuple[Page, ...], rejected: int, result: LoadResult
+    ) -> RunCounts:
+        stats = self._client.stats
+        counts = RunCounts(
+            pages=len(pages),
+            sessions_seen=result.inserted + result.updated + result.unchanged,
+            sessions_inserted=result.inserted,
+            sessions_updated=result.updated,
+            sessions_unchanged=result.unchanged,
+            child_rows_written=result.child_rows_written,
+            items_rejected=rejected,
+            api_requests=stats.requests,
+            api_retries=stats.retries,
+        )
+        stats.requests = stats.retries = 0
+        return counts
+
+    def _close_pass(
+        self,
+        connection: sa.Connection,
+        listing: _Listing,
+        *,
+        run_id: int,
+        old: datetime | None,
+        number: int,
+        is_last_pass: bool,
+    ) -> None:
+        if not listing.is_stable and not is_last_pass:
+            return
+        watermark = (_reference_time(listing) or old) if listing.is_stable else old
+        state.save_watermark(
+            connection,
+            source=self._source,
+            fingerprint=self._fingerprint,
+            watermark=watermark,
+            run_id=run_id,
+        )
+        state.finish_run(
+            connection,
+            run_id,
+            status=state.SUCCEEDED,
+            window_end=watermark,
+            passes=number,
+        )
+
+    def _record_failure(self, run_id: int, error: BaseException) -> None:
+        message = str(error) if isinstance(error, EtlError) else repr(error)
+        try:
+            with self._engine.begin() as connection:
+                state.finish_run(connection, run_id, status=state.FAILED, error=message)
+        except sa.exc.SQLAlchemyError:
+            log.warning("Run %s: could not record the failure", run_id)
+
+
+def _batched(items: Iterator[Page], size: int) -> Iterator[tuple[Page, ...]]:
+    while batch := tuple(islice(items, size)):
+        yield batch
+
+
+def _mark_last(iterable: Iterator[Any] | Any) -> Iterator[tuple[Any, bool]]:
+    iterator = iter(iterable)
+    try:
+        current = next(iterator)
+    except StopIteration:
+        return
+    for following in iterator:
+        yield current, False
+        current = following
+    yield current, True
+
+
+def _reference_time(listing: _Listing) -> datetime | None:
+    if listing.server_time is not None:
+        return listing.server_time
+    if listing.newest_update is None:
+        return None
+    log.warning(
+        "The API sent no Date header: using the newest updated_at seen as the watermark"
+    )
+    return datetime.fromtimestamp(listing.newest_update, tz=UTC)
+
+
+def _warn_if_window_ignored(
+    items: list[dict[str, Any]], updated_after: int | None
+) -> None:
+    if updated_after is None:
+        return
+    outside = sum(
+        1
+        for item in items
+        if isinstance(item.get("updated_at"), int)
+        and item["updated_at"] < updated_after - 1
+    )
+    if outside:
+        log.warning(
+            "%s sessions came back older than updated_after=%s: the server "
+            "seems to ignore the filter; they are loaded, but runs read more "
+            "than they need",
+            outside,
+            updated_after,
+        )
+
+
+def _fingerprint(settings: Settings) -> str:
+    return f"{settings.filters.fingerprint()}@{settings.api.base_url}"
+
+
+def _log_summary(summary: RunSummary) -> None:
+    counts = summary.counts
+    log.info(
+        "Run %s succeeded in %.1fs: %s pages, %s sessions seen (%s new, %s "
+        "updated, %s unchanged), %s child rows, %s rejected, %s requests, %s "
+        "retries; watermark %s",
+        summary.run_id,
+        summary.seconds,
+        counts.pages,
+        counts.sessions_seen,
+        counts.sessions_inserted,
+        counts.sessions_updated,
+        counts.sessions_unchanged,
+        counts.child_rows_written,
+        counts.items_rejected,
+        counts.api_requests,
+        counts.api_retries,
+        summary.watermark.isoformat() if summary.watermark else "none",
+    )
