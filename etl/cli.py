@@ -20,9 +20,8 @@ import sqlalchemy as sa
 from etl import __version__, db
 from etl.config import Settings, load_settings
 from etl.errors import EtlError
-from etl.extract import DevinClient
 from etl.logs import configure_logging, redact, register_secret
-from etl.pipeline import RunSummary, SessionSync
+from etl.pipeline import RunSummary, sync_once
 
 log = logging.getLogger(__name__)
 
@@ -82,18 +81,6 @@ def sync(obj: Context, full: bool) -> None:
     with open_warehouse(settings) as engine:
         summary = sync_once(settings, engine, full=full)
     click.echo(describe_run(summary))
-
-
-def sync_once(
-    settings: Settings, engine: sa.Engine, *, full: bool = False
-) -> RunSummary:
-    """Check the schema, then run one sync with a fresh API client."""
-    db.ensure_schema(engine, settings.database)
-    client = DevinClient(settings.api, settings.require_api_key())
-    try:
-        return SessionSync(settings, engine, client).run(full=full)
-    finally:
-        client.close()
 
 
 @cli.command(

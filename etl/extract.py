@@ -173,7 +173,9 @@ def build_retrying(
     ``max_backoff_seconds``.
     """
     backoff = tenacity.wait_exponential_jitter(
-        initial=settings.backoff_seconds, max=settings.max_backoff_seconds
+        multiplier=settings.backoff_seconds,
+        jitter=settings.backoff_seconds,
+        max=settings.max_backoff_seconds,
     )
 
     def wait(state: tenacity.RetryCallState) -> float:

@@ -291,5 +291,7 @@ def _replace_children(connection: sa.Connection, table: sa.Table) -> int:
         )
     else:
         statement = statement.on_conflict_do_nothing(index_elements=keys)
-    written = connection.execute(statement).rowcount
+    written = connection.execute(
+        statement.execution_options(preserve_rowcount=True)
+    ).rowcount
     return int(removed) + int(written)

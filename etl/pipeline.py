@@ -35,6 +35,7 @@ import sqlalchemy as sa
 
 from etl import state
 from etl.config import Settings
+from etl.db import ensure_schema
 from etl.errors import ApiContractError, EtlError
 from etl.extract import (
     SESSIONS_PATH,
@@ -82,6 +83,24 @@ class RunSummary:
     seconds: float
 
 
+@dataclass(frozen=True)
+class _Window:
+    """Where a listing starts, and the server time a sane clock shows now.
+
+    ``expected_server_now`` is the last watermark plus the time this host saw
+    pass since that run started: only differences of the host clock are used.
+    """
+
+    start: datetime | None
+    expected_server_now: datetime | None
+
+
+class _ServerClockWentBackError(Exception):
+    def __init__(self, by: timedelta) -> None:
+        super().__init__(f"server clock went back by {by}")
+        self.by = by
+
+
 @dataclass
 class _Listing:
     """What one pass over the window saw, for the stability verdict."""
@@ -105,6 +124,18 @@ class _Listing:
             self.seen.add(key)
         if updated:
             self.newest_update = max(self.newest_update or 0, *updated)
+
+
+def sync_once(
+    settings: Settings, engine: sa.Engine, *, full: bool = False
+) -> RunSummary:
+    """Check the warehouse schema, then run one sync with a fresh API client."""
+    ensure_schema(engine, settings.database)
+    client = DevinClient(settings.api, settings.require_api_key())
+    try:
+        return SessionSync(settings, engine, client).run(full=full)
+    finally:
+        client.close()
 
 
 class SessionSync:
@@ -136,8 +167,9 @@ class SessionSync:
             run_id,
             window_start.isoformat() if window_start else "the beginning",
         )
+        window = _Window(window_start, _expected_server_now(stored))
         try:
-            summary = self._run_passes(run_id, window_start, stored.watermark)
+            summary = self._run_passes(run_id, window, stored.watermark)
         except (EtlError, Exception, KeyboardInterrupt) as error:
             self._record_failure(run_id, error)
             raise
@@ -162,7 +194,7 @@ class SessionSync:
         )
 
     def _run_passes(
-        self, run_id: int, window_start: datetime | None, old: datetime | None
+        self, run_id: int, window: _Window, old: datetime | None
     ) -> RunSummary:
         counts = RunCounts()
         max_passes = self._settings.sync.max_passes
@@ -175,9 +207,11 @@ class SessionSync:
                 number=number,
                 is_last_pass=is_last_pass,
             )
-            listing = self._run_pass(run_id, window_start, counts, close_pass)
+            listing, window = self._run_pass_in_server_time(
+                run_id, window, counts, close_pass
+            )
             if listing.is_stable:
-                return self._summary(run_id, window_start, listing, number, counts)
+                return self._summary(run_id, window.start, listing, number, counts)
             log.warning(
                 "Run %s: sessions moved during listing %s (an offset cursor "
                 "may have skipped some)%s",
@@ -192,7 +226,7 @@ class SessionSync:
             max_passes,
             old,
         )
-        return RunSummary(run_id, window_start, old, max_passes, False, counts, 0.0)
+        return RunSummary(run_id, window.start, old, max_passes, False, counts, 0.0)
 
     def _summary(
         self,
@@ -205,10 +239,31 @@ class SessionSync:
         watermark = _reference_time(listing) or listing.server_time
         return RunSummary(run_id, window_start, watermark, passes, True, counts, 0.0)
 
+    def _run_pass_in_server_time(
+        self,
+        run_id: int,
+        window: _Window,
+        counts: RunCounts,
+        close_pass: Callable[[sa.Connection, _Listing], None],
+    ) -> tuple[_Listing, _Window]:
+        """Run a pass; start it again, wider, if the server clock went back."""
+        try:
+            return self._run_pass(run_id, window, counts, close_pass), window
+        except _ServerClockWentBackError as error:
+            log.warning(
+                "Run %s: the server clock is %ss behind where it was at the last "
+                "run; widening the window by as much",
+                run_id,
+                int(error.by.total_seconds()),
+            )
+            assert window.start is not None
+            wider = _Window(window.start - error.by, None)
+            return self._run_pass(run_id, wider, counts, close_pass), wider
+
     def _run_pass(
         self,
         run_id: int,
-        window_start: datetime | None,
+        window: _Window,
         counts: RunCounts,
         close_pass: Callable[[sa.Connection, _Listing], None],
     ) -> _Listing:
@@ -218,6 +273,7 @@ class SessionSync:
         what becomes of the watermark.
         """
         listing = _Listing()
+        window_start = window.start
         updated_after = int(window_start.timestamp()) if window_start else None
         params = session_params(self._settings.filters, updated_after=updated_after)
         pages = self._client.iter_pages(
@@ -227,9 +283,22 @@ class SessionSync:
         with closing(prefetch(pages, depth=size)) as ahead:
             for batch, is_last in _mark_last(_batched(ahead, size)):
                 items = self._check_pages(batch, listing, updated_after)
+                self._check_server_clock(window, listing)
                 last_step = close_pass if is_last else None
                 counts.add(self._load(run_id, batch, items, listing, last_step))
         return listing
+
+    def _check_server_clock(self, window: _Window, listing: _Listing) -> None:
+        """Raise when the server clock moved back more than the lookback.
+
+        Sessions changed since the last run may then carry ``updated_at``
+        values older than the window start.
+        """
+        if window.expected_server_now is None or listing.server_time is None:
+            return
+        behind = window.expected_server_now - listing.server_time
+        if behind > timedelta(seconds=self._settings.sync.lookback_seconds):
+            raise _ServerClockWentBackError(behind)
 
     def _check_pages(
         self, pages: tuple[Page, ...], listing: _Listing, updated_after: int | None
@@ -394,6 +463,12 @@ def _warn_if_window_ignored(
             outside,
             updated_after,
         )
+
+
+def _expected_server_now(stored: state.SourceState) -> datetime | None:
+    if stored.watermark is None or stored.last_run_started_at is None:
+        return None
+    return stored.watermark + (state.utc_now() - stored.last_run_started_at)
 
 
 def _fingerprint(settings: Settings) -> str:

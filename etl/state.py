@@ -32,6 +32,7 @@ class SourceState:
     watermark: datetime | None
     filters_fingerprint: str | None
     last_success_at: datetime | None
+    last_run_started_at: datetime | None = None
 
 
 def utc_now() -> datetime:
@@ -46,15 +47,21 @@ def as_utc(value: datetime | None) -> datetime | None:
 
 
 def read_source_state(connection: sa.Connection, source: str) -> SourceState:
-    table = schema.sync_state
+    """The source's watermark and when (host clock) its last run started."""
+    table, runs = schema.sync_state, schema.sync_runs
     row = connection.execute(
         sa.select(
-            table.c.watermark, table.c.filters_fingerprint, table.c.last_success_at
-        ).where(table.c.source == source)
+            table.c.watermark,
+            table.c.filters_fingerprint,
+            table.c.last_success_at,
+            runs.c.started_at,
+        )
+        .outerjoin(runs, runs.c.id == table.c.last_run_id)
+        .where(table.c.source == source)
     ).first()
     if row is None:
         return SourceState(None, None, None)
-    return SourceState(as_utc(row[0]), row[1], as_utc(row[2]))
+    return SourceState(as_utc(row[0]), row[1], as_utc(row[2]), as_utc(row[3]))
 
 
 def save_watermark(

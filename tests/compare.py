@@ -139,11 +139,11 @@ def assert_same(actual: Snapshot, expected: Snapshot) -> None:
     assert not missing, f"sessions missing from the warehouse: {sorted(missing)[:5]}"
     assert not extra, f"sessions the API does not return: {sorted(extra)[:5]}"
     stale = [k for k, v in expected.sessions.items() if actual.sessions[k] != v]
-    assert not stale, (
-        f"stale sessions: {stale[:5]}: {actual.sessions[stale[0]]} != {expected.sessions[stale[0]]}"
-        if stale
-        else ""
-    )
+    for key in stale[:1]:
+        raise AssertionError(
+            f"{len(stale)} stale sessions, e.g. {key}: "
+            f"{actual.sessions[key]} != {expected.sessions[key]}"
+        )
     assert actual.tags == expected.tags
     assert actual.pull_requests == expected.pull_requests
     assert actual.children == expected.children

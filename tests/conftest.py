@@ -9,31 +9,16 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from etl import db
-from etl.config import DatabaseSettings, Settings
-from etl.simulator import Simulator, SimulatorConfig, generate_sessions
+from etl.simulator import Simulator
+from support import Warehouse, make_database_settings, start_simulator
 
 DEFAULT_TEST_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-NOW = 1_790_000_000  # a fixed "now" for generated data: 2026-09-21 UTC
-
-
-@dataclass(frozen=True)
-class Warehouse:
-    """A migrated, empty warehouse for one test."""
-
-    settings: DatabaseSettings
-    engine: sa.Engine
-
-    @property
-    def is_postgres(self) -> bool:
-        return self.settings.is_postgres
 
 
 def _server_url() -> str:
@@ -56,10 +41,6 @@ def postgres_url() -> Iterator[str]:
                 sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             )
         admin.dispose()
-
-
-def make_database_settings(url: str, schema: str = "devin") -> DatabaseSettings:
-    return DatabaseSettings.model_validate({"url": url, "schema": schema})
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -90,40 +71,8 @@ def pg_warehouse(postgres_url: str) -> Iterator[Warehouse]:
         engine.dispose()
 
 
-def start_simulator(count: int = 300, *, seed: int = 7, **config: Any) -> Simulator:
-    sessions = generate_sessions(count, seed=seed, now=NOW)
-    return Simulator(sessions, SimulatorConfig(**config))
-
-
 @pytest.fixture
 def simulator() -> Iterator[Simulator]:
     """A running simulator with 300 generated sessions and default behaviour."""
     with start_simulator() as running:
         yield running
-
-
-def make_settings(
-    simulator: Simulator, warehouse: Warehouse, **sections: dict[str, Any]
-) -> Settings:
-    """Settings pointing at ``simulator`` and ``warehouse``, with fast retries.
-
-    ``sections`` override whole keys of a section, e.g. ``sync={"max_passes": 1}``.
-    """
-    values: dict[str, Any] = {
-        "api": {
-            "base_url": simulator.base_url,
-            "key": simulator.config.api_key,
-            "page_size": 50,
-            "read_timeout_seconds": 5,
-            "retry": {
-                "max_attempts": 4,
-                "backoff_seconds": 0.01,
-                "max_backoff_seconds": 0.05,
-            },
-        },
-        "database": warehouse.settings.model_dump(by_alias=True),
-        "sync": {"batch_pages": 2},
-    }
-    for name, overrides in sections.items():
-        values[name] = {**values.get(name, {}), **overrides}
-    return Settings(**values)

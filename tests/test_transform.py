@@ -43,7 +43,9 @@ def test_normalize_items_keeps_minimal_item_with_optional_fields_absent() -> Non
     assert row["session_id"] == "devin-1"
     assert row["user_id"] is None
     assert row["structured_output"] is None
-    assert batch.tags.empty and batch.pull_requests.empty and batch.children.empty
+    assert batch.tags.empty
+    assert batch.pull_requests.empty
+    assert batch.children.empty
     assert batch.rejected == 0
 
 
