@@ -79,7 +79,9 @@ def _run(count: int, changed_share: float, url: str) -> None:
         copy = _measure_copy(simulator, url, count)
         full = _measure_sync(simulator, url, "full sync", count)
         changed = _change(simulator, int(count * changed_share))
-        one_percent = _measure_sync(simulator, url, f"sync after {changed:,} changed", changed)
+        one_percent = _measure_sync(
+            simulator, url, f"sync after {changed:,} changed", changed
+        )
         unchanged = _measure_sync(simulator, url, "sync with no change", 0)
 
     floors = fetch.seconds + copy.seconds
