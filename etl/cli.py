@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from etl import __version__, db
 from etl.config import Settings, load_settings
-from etl.errors import EtlError
+from etl.errors import EtlError, LockTimeoutError
 from etl.logs import configure_logging, redact, register_secret
 from etl.pipeline import RunSummary, sync_once
 
@@ -74,13 +74,34 @@ def cli(
 
 @cli.command(epilog="Example: devin-etl sync   (from cron: */15 * * * *)")
 @click.option("--full", is_flag=True, help="Ignore the watermark; list everything.")
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="If another run of the source is in progress, wait for it to end.",
+)
 @click.pass_obj
-def sync(obj: Context, full: bool) -> None:
-    """Run one incremental sync of the configured sessions, then exit."""
+def sync(obj: Context, full: bool, wait: bool) -> None:
+    """Run one incremental sync of the configured sessions, then exit.
+
+    Exits 0 without syncing when another run of the same source is in
+    progress, unless --wait is given.
+    """
     settings = obj.settings()
     with open_warehouse(settings) as engine:
-        summary = sync_once(settings, engine, full=full)
-    click.echo(describe_run(summary))
+        summary = sync_once(settings, engine, full=full, wait=wait)
+    if summary is not None:
+        click.echo(describe_run(summary))
+    elif wait:
+        raise LockTimeoutError(
+            f"another run of source {settings.sync.source} still held the lock "
+            f"after {settings.sync.lock_wait_seconds:.0f}s: check `devin-etl status` "
+            "or raise sync.lock_wait_seconds"
+        )
+    else:
+        click.echo(
+            f"Another run of source {settings.sync.source} is in progress; "
+            "nothing to do (use --wait to wait for it)."
+        )
 
 
 @cli.command(

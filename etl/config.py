@@ -107,6 +107,47 @@ class SyncSettings(_Section):
     lookback_seconds: int = Field(default=300, ge=2)
     batch_pages: int = Field(default=10, ge=1, le=1000)
     max_passes: int = Field(default=3, ge=1, le=20)
+    lock_wait_seconds: float = Field(default=3600.0, gt=0)
+    refresh_directory: bool = True
+
+
+def _check_crontab(value: str | None) -> str | None:
+    if value is None:
+        return None
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        CronTrigger.from_crontab(value, timezone="UTC")
+    except ValueError as error:
+        raise ValueError(f"not a 5-field cron expression ({error})") from None
+    return value
+
+
+class DaemonSettings(_Section):
+    """Schedules of ``devin-etl daemon`` (cron fields in UTC) and its endpoints."""
+
+    sync_interval_seconds: int = Field(default=900, ge=1)
+    sync_cron: str | None = None
+    reconcile_interval_seconds: int | None = Field(default=None, ge=60)
+    reconcile_cron: str | None = "30 3 * * *"
+    stop_timeout_seconds: float = Field(default=60.0, gt=0)
+    http_host: str = "127.0.0.1"
+    http_port: int | None = Field(default=9108, ge=0, le=65535)
+    healthy_max_age_seconds: int = Field(default=3600, ge=1)
+
+    _check_crons = field_validator("sync_cron", "reconcile_cron")(_check_crontab)
+
+
+class ReconcileSettings(_Section):
+    max_deleted_share: float = Field(default=0.10, ge=0.0, le=1.0)
+
+
+class BackfillSettings(_Section):
+    slice_days: int = Field(default=7, ge=1, le=366)
+
+
+class BiSettings(_Section):
+    day_start_hour_utc: int = Field(default=0, ge=0, le=23)
 
 
 class DatabaseSettings(_Section):
@@ -147,6 +188,10 @@ class Settings(BaseSettings):
     sync: SyncSettings = SyncSettings()
     database: DatabaseSettings = DatabaseSettings()
     logging: LoggingSettings = LoggingSettings()
+    daemon: DaemonSettings = DaemonSettings()
+    reconcile: ReconcileSettings = ReconcileSettings()
+    backfill: BackfillSettings = BackfillSettings()
+    bi: BiSettings = BiSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from etl import db
 from etl.config import Settings
-from etl.errors import ConfigError
+from etl.errors import ConfigError, LockTimeoutError
 from etl.pipeline import RunSummary, sync_once
 from etl.simulator import Simulator, generate_sessions
 
@@ -90,19 +90,26 @@ def _run_steps(
     db.ensure_schema(engine, settings.database)
     _refuse_foreign_warehouse(engine)
 
-    first = sync_once(settings, engine)
+    first = _sync(settings, engine)
     echo(_describe("First sync (everything)", first))
 
     changed = _change_sessions(simulator)
     echo(f"Upstream: {changed} sessions changed or created meanwhile.")
 
-    second = sync_once(settings, engine)
+    second = _sync(settings, engine)
     echo(_describe("Second sync (incremental)", second))
 
     for title, query in QUERIES.items():
         echo("")
         echo(title)
         echo(_render(engine, query))
+
+
+def _sync(settings: Settings, engine: sa.Engine) -> RunSummary:
+    summary = sync_once(settings, engine, wait=True)
+    if summary is None:
+        raise LockTimeoutError("another demo holds the warehouse: try again later")
+    return summary
 
 
 def _refuse_foreign_warehouse(engine: sa.Engine) -> None:

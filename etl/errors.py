@@ -6,7 +6,8 @@
     ├── TransientError          retry later: the same call may succeed
     │   ├── ApiUnavailableError     timeouts, dropped connections, 429, 5xx,
     │   │                           a 200 whose body is not a page
-    │   └── DatabaseUnavailableError  the warehouse cannot be reached
+    │   ├── DatabaseUnavailableError  the warehouse cannot be reached
+    │   └── LockTimeoutError    another run held the source's lock too long
     └── PermanentError          fix something first: retrying cannot help
         ├── ConfigError             a setting is missing or invalid
         ├── ApiAuthError            401: the API key is wrong or revoked
@@ -48,6 +49,10 @@ class ApiUnavailableError(TransientError):
 
 class DatabaseUnavailableError(TransientError):
     """The warehouse could not be reached or the connection dropped."""
+
+
+class LockTimeoutError(TransientError):
+    """Another run of the same source kept its lock past the wait limit."""
 
 
 class PermanentError(EtlError):

@@ -45,12 +45,14 @@ from etl.extract import (
     session_params,
 )
 from etl.load import LoadResult, load_batch
+from etl.lock import run_lock
 from etl.prefetch import prefetch
 from etl.transform import normalize_items
 
 log = logging.getLogger(__name__)
 
 SYNC = "sync"
+RECONCILE = "reconcile"
 
 
 @dataclass
@@ -127,15 +129,34 @@ class _Listing:
 
 
 def sync_once(
-    settings: Settings, engine: sa.Engine, *, full: bool = False
-) -> RunSummary:
-    """Check the warehouse schema, then run one sync with a fresh API client."""
+    settings: Settings, engine: sa.Engine, *, full: bool = False, wait: bool = False
+) -> RunSummary | None:
+    """Check the schema, take the source's lock and run one sync.
+
+    Returns None, having done nothing, when another run of the source holds
+    the lock (after waiting up to ``sync.lock_wait_seconds`` if ``wait``).
+    """
     ensure_schema(engine, settings.database)
-    client = DevinClient(settings.api, settings.require_api_key())
-    try:
-        return SessionSync(settings, engine, client).run(full=full)
-    finally:
-        client.close()
+    source = settings.sync.source
+    wait_seconds = settings.sync.lock_wait_seconds if wait else 0.0
+    with run_lock(engine, settings.database, source, wait_seconds=wait_seconds) as held:
+        if not held:
+            log.info("Another run of source %r is in progress; not starting", source)
+            return None
+        abandon_dead_runs(engine, source, (SYNC, RECONCILE))
+        client = DevinClient(settings.api, settings.require_api_key())
+        try:
+            return SessionSync(settings, engine, client).run(full=full)
+        finally:
+            client.close()
+
+
+def abandon_dead_runs(engine: sa.Engine, source: str, kinds: tuple[str, ...]) -> None:
+    """Close the run records of processes that died holding this lock."""
+    with engine.begin() as connection:
+        count = state.abandon_stale_runs(connection, source, kinds)
+    if count:
+        log.warning("Marked %s runs of a stopped process as abandoned", count)
 
 
 class SessionSync:

@@ -117,10 +117,23 @@ sync_runs = sa.Table(
     sa.Column("sessions_unchanged", sa.Integer, nullable=False, server_default="0"),
     sa.Column("child_rows_written", sa.Integer, nullable=False, server_default="0"),
     sa.Column("items_rejected", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("sessions_deleted", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("sessions_restored", sa.Integer, nullable=False, server_default="0"),
     sa.Column("api_requests", sa.Integer, nullable=False, server_default="0"),
     sa.Column("api_retries", sa.Integer, nullable=False, server_default="0"),
     sa.Column("error", sa.Text),
     sa.Index(None, "source", "started_at"),
+)
+
+backfill_slices = sa.Table(
+    "backfill_slices",
+    metadata,
+    sa.Column("source", sa.Text, primary_key=True),
+    sa.Column("slice_start", Timestamp, primary_key=True),
+    sa.Column("slice_end", Timestamp, primary_key=True),
+    sa.Column("run_id", BigId, nullable=False),
+    sa.Column("sessions", sa.Integer, nullable=False),
+    sa.Column("finished_at", Timestamp, nullable=False),
 )
 
 SESSION_CHILD_TABLES = (session_tags, session_pull_requests, session_children)

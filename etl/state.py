@@ -143,16 +143,22 @@ def finish_run(
     )
 
 
-def abandon_stale_runs(connection: sa.Connection, source: str) -> int:
-    """Mark runs left ``running`` by a killed process as ``abandoned``.
+def abandon_stale_runs(
+    connection: sa.Connection, source: str, kinds: tuple[str, ...]
+) -> int:
+    """Mark runs of ``kinds`` left ``running`` by a dead process as ``abandoned``.
 
-    Only safe while holding the source's run lock (or when no other run can
-    be active): a live run would be mislabelled.
+    Only safe while holding the lock those kinds run under: a live run
+    would be mislabelled.
     """
     runs = schema.sync_runs
     result = connection.execute(
         runs.update()
-        .where(runs.c.source == source, runs.c.status == RUNNING)
+        .where(
+            runs.c.source == source,
+            runs.c.status == RUNNING,
+            runs.c.kind.in_(kinds),
+        )
         .values(
             status=ABANDONED,
             finished_at=utc_now(),

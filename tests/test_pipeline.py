@@ -31,7 +31,9 @@ from support import Warehouse, make_settings, start_simulator
 
 
 def run(settings: Settings, warehouse: Warehouse, **options: Any) -> RunSummary:
-    return sync_once(settings, warehouse.engine, **options)
+    summary = sync_once(settings, warehouse.engine, **options)
+    assert summary is not None, "the run lock was taken"
+    return summary
 
 
 def assert_synced(simulator: Simulator, warehouse: Warehouse, **filters: Any) -> None:
