@@ -132,7 +132,7 @@ class DaemonSettings(_Section):
     reconcile_cron: str | None = "30 3 * * *"
     stop_timeout_seconds: float = Field(default=60.0, gt=0)
     http_host: str = "127.0.0.1"
-    http_port: int | None = Field(default=9108, ge=0, le=65535)
+    http_port: int = Field(default=9108, ge=0, le=65535)
     healthy_max_age_seconds: int = Field(default=3600, ge=1)
 
     _check_crons = field_validator("sync_cron", "reconcile_cron")(_check_crontab)
