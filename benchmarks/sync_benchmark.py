@@ -155,11 +155,32 @@ def _measure_sync(simulator: Simulator, url: str, name: str, sessions: int) -> M
     }
     started = time.monotonic()
     process = subprocess.Popen([sys.executable, "-m", "etl", "sync"], env=env, cwd=ROOT)
-    _, status, usage = os.wait4(process.pid, 0)
+    peak_kb = _watch_peak_rss(process)
     seconds = time.monotonic() - started
-    if status != 0:
-        raise SystemExit(f"{name}: the sync failed (wait status {status})")
-    return Measure(name, seconds, sessions, usage.ru_maxrss / 1024)
+    if process.returncode != 0:
+        raise SystemExit(f"{name}: the sync failed (exit {process.returncode})")
+    return Measure(name, seconds, sessions, peak_kb / 1024)
+
+
+def _watch_peak_rss(process: subprocess.Popen[bytes]) -> int:
+    """The child's VmHWM (peak RSS, kB), read until it exits.
+
+    The kernel's rusage for a child also counts the parent's memory at fork
+    time (this process holds the simulator's data), so it cannot be used.
+    """
+    peak = 0
+    status = Path(f"/proc/{process.pid}/status")
+    while process.poll() is None:
+        try:
+            text = status.read_text()
+        except OSError:
+            break
+        for line in text.splitlines():
+            if line.startswith("VmHWM:"):
+                peak = max(peak, int(line.split()[1]))
+        time.sleep(0.02)
+    process.wait()
+    return peak
 
 
 def _change(simulator: Simulator, count: int) -> int:

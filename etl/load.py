@@ -107,6 +107,11 @@ stage_pull_requests = _stage_table(
 stage_children = _stage_table(
     "session_children", *(sa.Column(name, sa.Text) for name in CHILD_COLUMNS)
 )
+# The staged sessions whose version is the one now stored: only their child
+# rows are replaced (a staged version older than the stored one is ignored).
+stage_current = _stage_table(
+    "current", sa.Column("session_id", sa.Text, primary_key=True)
+)
 STAGES = {
     "sessions": stage_sessions,
     "session_tags": stage_tags,
@@ -129,6 +134,7 @@ def load_batch(
         _stage(connection, batch)
         inserted = _count_new_sessions(connection)
         written = _merge_sessions(connection, synced_at)
+        _mark_current_sessions(connection)
         child_rows = sum(
             _replace_children(connection, schema.metadata.tables[name])
             for name in batch.child_frames
@@ -158,11 +164,19 @@ def _describe(error: sa.exc.DBAPIError, what: str) -> str:
 def _stage(connection: sa.Connection, batch: Batch) -> None:
     frames = {"sessions": batch.sessions, **batch.child_frames}
     for name, frame in frames.items():
-        table = STAGES[name]
-        connection.execute(sa.schema.CreateTable(table, if_not_exists=True))
-        connection.execute(table.delete())
+        table = _empty_stage(connection, STAGES[name])
         if not frame.empty:
             _fill_stage(connection, table, frame)
+        if connection.dialect.name == "postgresql":
+            # Temporary tables get no statistics by themselves; without them
+            # the planner hashes whole warehouse tables for every batch.
+            connection.execute(sa.text(f"ANALYZE {table.name}"))
+
+
+def _empty_stage(connection: sa.Connection, table: sa.Table) -> sa.Table:
+    connection.execute(sa.schema.CreateTable(table, if_not_exists=True))
+    connection.execute(table.delete())
+    return table
 
 
 def _fill_stage(
@@ -180,8 +194,15 @@ def _fill_stage(
 
 def _rows(frame: pd.DataFrame) -> Iterator[tuple[Any, ...]]:
     """Plain Python values, with every kind of missing value as None."""
-    plain = frame.astype(object).where(frame.notna(), None)
-    return plain.itertuples(index=False, name=None)
+    return zip(*(_plain_values(frame[name]) for name in frame.columns), strict=True)
+
+
+def _plain_values(column: pd.Series) -> list[Any]:
+    if column.dtype == object:
+        return column.tolist()  # text columns already hold None, never NaN
+    if not column.hasnans:
+        return column.tolist()
+    return column.astype(object).where(column.notna(), None).tolist()
 
 
 def _copy_rows(
@@ -250,21 +271,22 @@ def _merge_sessions(connection: sa.Connection, synced_at: datetime) -> int:
     return len(connection.execute(statement).all())
 
 
-def _current_staged_sessions() -> sa.Select[tuple[str]]:
-    """Staged sessions whose version is the one now stored."""
+def _mark_current_sessions(connection: sa.Connection) -> None:
     sessions = schema.sessions
-    return sa.select(stage_sessions.c.session_id).join(
+    current = sa.select(stage_sessions.c.session_id).join(
         sessions,
         sa.and_(
             sessions.c.session_id == stage_sessions.c.session_id,
             sessions.c.updated_at == epoch_to_timestamp(stage_sessions.c.updated_at),
         ),
     )
+    table = _empty_stage(connection, stage_current)
+    connection.execute(table.insert().from_select(["session_id"], current))
 
 
 def _replace_children(connection: sa.Connection, table: sa.Table) -> int:
     stage = STAGES[table.name]
-    current = _current_staged_sessions()
+    current = sa.select(stage_current.c.session_id)
     keys = [column.name for column in table.primary_key.columns]
     others = [column.name for column in table.columns if column.name not in keys]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -52,9 +53,11 @@ CHILD_COLUMNS = ("session_id", "child_session_id")
 MAX_EPOCH_SECONDS = 100_000_000_000
 
 PR_PATTERNS = (
-    r"^https?://[^/]*github[^/]*/(?P<repo>[^/]+/[^/]+)/pull/(?P<number>\d+)",
-    r"^https?://[^/]*gitlab[^/]*/(?P<repo>[^/]+(?:/[^/]+)+?)"
-    r"/-/merge_requests/(?P<number>\d+)",
+    re.compile(r"https?://[^/]*github[^/]*/(?P<repo>[^/]+/[^/]+)/pull/(?P<number>\d+)"),
+    re.compile(
+        r"https?://[^/]*gitlab[^/]*/(?P<repo>[^/]+(?:/[^/]+)+?)"
+        r"/-/merge_requests/(?P<number>\d+)"
+    ),
 )
 
 
@@ -131,17 +134,18 @@ def _identity_problem(item: dict[str, Any]) -> str | None:
 
 
 def _session_frame(items: Sequence[dict[str, Any]]) -> pd.DataFrame:
-    frame = pd.DataFrame.from_records(
-        [[item.get(name) for name in SESSION_COLUMNS] for item in items],
-        columns=list(SESSION_COLUMNS),
+    columns = {name: [item.get(name) for item in items] for name in SESSION_COLUMNS}
+    for name in TEXT_FIELDS:
+        columns[name] = _text_values(columns[name])
+    columns["structured_output"] = [_as_json(v) for v in columns["structured_output"]]
+    columns["is_archived"] = [_as_bool(v) for v in columns["is_archived"]]
+    frame = pd.DataFrame(
+        {name: pd.Series(values, dtype=object) for name, values in columns.items()}
     )
     for name in ("created_at", "updated_at"):
         frame[name] = _epoch_seconds(frame, name)
     frame["acus_consumed"] = pd.to_numeric(frame["acus_consumed"], errors="coerce")
-    frame["is_archived"] = frame["is_archived"].map(_as_bool).astype("boolean")
-    frame["structured_output"] = frame["structured_output"].map(_as_json)
-    for name in TEXT_FIELDS:
-        frame[name] = _as_text(frame[name])
+    frame["is_archived"] = frame["is_archived"].astype("boolean")
     return frame
 
 
@@ -169,9 +173,11 @@ def _as_json(value: Any) -> str | None:
     return json.dumps(value, ensure_ascii=False).replace("\\u0000", "")
 
 
-def _as_text(column: pd.Series) -> pd.Series:
-    cleaned = column.map(_clean_text)
-    return cleaned.astype(object).where(cleaned.notna(), None)
+def _text_values(values: list[Any]) -> list[str | None]:
+    return [
+        value if type(value) is str and "\x00" not in value else _clean_text(value)
+        for value in values
+    ]
 
 
 def _clean_text(value: Any) -> str | None:
@@ -193,43 +199,62 @@ def _child_lists(
 
 
 def _tag_frame(items: Sequence[dict[str, Any]], latest: pd.Index) -> pd.DataFrame:
-    frame = pd.DataFrame(_child_lists(items, latest, "tags"), columns=TAG_COLUMNS)
-    frame["tag"] = _as_text(frame["tag"])
-    return frame.dropna().drop_duplicates(ignore_index=True)
+    return _link_frame(_child_lists(items, latest, "tags"), TAG_COLUMNS)
 
 
 def _child_frame(items: Sequence[dict[str, Any]], latest: pd.Index) -> pd.DataFrame:
     rows = _child_lists(items, latest, "child_session_ids")
-    frame = pd.DataFrame(rows, columns=CHILD_COLUMNS)
-    frame["child_session_id"] = _as_text(frame["child_session_id"])
+    return _link_frame(rows, CHILD_COLUMNS)
+
+
+def _link_frame(rows: list[tuple[str, Any]], names: Sequence[str]) -> pd.DataFrame:
+    """A two-column frame of (session, value) without nulls or repeats."""
+    session_ids = [session_id for session_id, _ in rows]
+    values = _text_values([value for _, value in rows])
+    frame = pd.DataFrame(
+        {
+            names[0]: pd.Series(session_ids, dtype=object),
+            names[1]: pd.Series(values, dtype=object),
+        }
+    )
     return frame.dropna().drop_duplicates(ignore_index=True)
 
 
 def _pull_request_frame(
     items: Sequence[dict[str, Any]], latest: pd.Index
 ) -> pd.DataFrame:
-    rows = [
-        (session_id, pr.get("pr_url"), pr.get("pr_state"))
+    pulls = [
+        (session_id, pr)
         for session_id, pr in _child_lists(items, latest, "pull_requests")
         if isinstance(pr, dict)
     ]
-    frame = pd.DataFrame(rows, columns=["session_id", "pr_url", "pr_state"])
-    frame["pr_url"] = _as_text(frame["pr_url"])
-    frame["pr_state"] = _as_text(frame["pr_state"])
+    urls = _text_values([pr.get("pr_url") for _, pr in pulls])
+    parsed = [parse_pull_request_url(url) for url in urls]
+    frame = pd.DataFrame(
+        {
+            "session_id": pd.Series([sid for sid, _ in pulls], dtype=object),
+            "pr_url": pd.Series(urls, dtype=object),
+            "pr_state": pd.Series(
+                _text_values([pr.get("pr_state") for _, pr in pulls]), dtype=object
+            ),
+            "repo": pd.Series([repo for repo, _ in parsed], dtype=object),
+            "pr_number": pd.array([number for _, number in parsed], dtype="Int64"),
+        }
+    )
     frame = frame.dropna(subset=["pr_url"])
     frame = frame.drop_duplicates(["session_id", "pr_url"], keep="last")
-    return _add_repo_columns(frame.reset_index(drop=True))
+    return frame.reset_index(drop=True)
 
 
-def _add_repo_columns(frame: pd.DataFrame) -> pd.DataFrame:
-    """Parse GitHub and GitLab URLs into ``repo`` and ``pr_number``."""
-    repo = pd.Series(None, index=frame.index, dtype=object)
-    number = pd.Series(pd.NA, index=frame.index, dtype="Int64")
-    for pattern in PR_PATTERNS:
-        parts = frame["pr_url"].str.extract(pattern)
-        found = parts["repo"].notna() & repo.isna()
-        repo = repo.where(~found, parts["repo"])
-        number = number.where(~found, pd.to_numeric(parts["number"]).astype("Int64"))
-    frame["repo"] = repo.astype(object).where(repo.notna(), None)
-    frame["pr_number"] = number
-    return frame.loc[:, list(PULL_REQUEST_COLUMNS)]
+def parse_pull_request_url(url: str | None) -> tuple[str | None, int | None]:
+    """``(repo, number)`` of a GitHub or GitLab pull request URL, else Nones.
+
+    GitHub gives ``owner/name``; GitLab gives the full project path, which
+    may have subgroups (``group/sub/name``).
+    """
+    if url:
+        for pattern in PR_PATTERNS:
+            match = pattern.match(url)
+            if match:
+                return match["repo"], int(match["number"])
+    return None, None
