@@ -15,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from etl import db
+from etl.config import DatabaseSettings
 from etl.simulator import Simulator
 from support import Warehouse, make_database_settings, start_simulator
 
@@ -51,18 +52,17 @@ def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Wareho
         settings = make_database_settings(url, f"t_{uuid.uuid4().hex[:12]}")
     else:
         settings = make_database_settings(f"sqlite:///{tmp_path / 'warehouse.db'}")
-    engine = db.create_warehouse_engine(settings)
-    db.upgrade_schema(engine, settings)
-    try:
-        yield Warehouse(settings, engine)
-    finally:
-        engine.dispose()
+    yield from migrated_warehouse(settings)
 
 
 @pytest.fixture
 def pg_warehouse(postgres_url: str) -> Iterator[Warehouse]:
-    """A migrated warehouse on PostgreSQL only."""
+    """A migrated warehouse on PostgreSQL only, in a schema of its own."""
     settings = make_database_settings(postgres_url, f"t_{uuid.uuid4().hex[:12]}")
+    yield from migrated_warehouse(settings)
+
+
+def migrated_warehouse(settings: DatabaseSettings) -> Iterator[Warehouse]:
     engine = db.create_warehouse_engine(settings)
     db.upgrade_schema(engine, settings)
     try:
