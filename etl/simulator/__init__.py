@@ -2,7 +2,8 @@
 
 ``Simulator`` serves sessions, organizations and users as the real enterprise
 endpoints do, and lets tests change data, shift the clock and inject faults
-while a client pages through it. See ``server`` and ``data`` for details.
+while a client pages through it. ``server`` holds the control API, ``listing``
+the filters, cursors and pages, and ``data`` the generated records.
 """
 
 from etl.simulator.data import (
