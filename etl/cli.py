@@ -7,10 +7,12 @@ traceback only with ``--debug``), 2 usage errors.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,10 +20,12 @@ import click
 import sqlalchemy as sa
 
 from etl import __version__, db
+from etl.backfill import BackfillSummary, backfill_once
 from etl.config import Settings, load_settings
 from etl.errors import EtlError, LockTimeoutError
 from etl.logs import configure_logging, redact, register_secret
 from etl.pipeline import RunSummary, sync_once
+from etl.reconcile import ReconcileSummary, reconcile_once
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +109,107 @@ def sync(obj: Context, full: bool, wait: bool) -> None:
 
 
 @cli.command(
+    epilog="Example: DEVIN_API_KEY=cog_... devin-etl daemon   "
+    "(JSON logs; /healthz and /metrics on 127.0.0.1:9108)"
+)
+@click.pass_obj
+def daemon(obj: Context) -> None:
+    """Sync on the [daemon] schedule until SIGTERM or SIGINT, then exit 0.
+
+    Runs one job at a time; a failed run is logged and the next tick tries
+    again. On a signal the batch in progress commits (or, after
+    daemon.stop_timeout_seconds, is rolled back) and the daemon exits.
+    Serves /healthz and /metrics on daemon.http_host:daemon.http_port.
+    """
+    from etl.scheduler import run_daemon
+
+    settings = obj.settings(is_daemon=True)
+    with open_warehouse(settings) as engine:
+        is_stopped_in_time = run_daemon(settings, engine)
+    if not is_stopped_in_time:
+        # The job thread is still in its batch: leave without joining it.
+        sys.stderr.flush()
+        os._exit(0)
+
+
+@cli.command(
+    epilog="Example: devin-etl reconcile   (daily; --force after a real mass deletion)"
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Mark sessions deleted even beyond reconcile.max_deleted_share.",
+)
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="If another run of the source is in progress, wait for it to end.",
+)
+@click.pass_obj
+def reconcile(obj: Context, force: bool, wait: bool) -> None:
+    """Mark the stored sessions that the API no longer lists as deleted.
+
+    Lists the id of every session the configured filters select, sets
+    deleted_at on stored sessions missing from it (once a lookup by id
+    confirms they are gone) and clears it on sessions listed again. Changes
+    nothing and fails if more than reconcile.max_deleted_share of the live
+    sessions would be marked, unless --force is given.
+    """
+    settings = obj.settings()
+    with open_warehouse(settings) as engine:
+        summary = reconcile_once(settings, engine, force=force, wait=wait)
+    if summary is None:
+        report_busy_lock("run", settings, wait=wait)
+    else:
+        click.echo(describe_reconcile(summary))
+
+
+DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]
+
+
+@cli.command(epilog="Example: devin-etl backfill --since 2024-01-01 --until 2025-01-01")
+@click.option(
+    "--since",
+    required=True,
+    type=click.DateTime(DATE_FORMATS),
+    metavar="DATE",
+    help="Load sessions created from this date on (UTC; YYYY-MM-DD[THH:MM:SS]).",
+)
+@click.option(
+    "--until",
+    type=click.DateTime(DATE_FORMATS),
+    metavar="DATE",
+    help="...and created before this date (UTC) [default: now, by the API's clock].",
+)
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="If another backfill of the source is in progress, wait for it to end.",
+)
+@click.pass_obj
+def backfill(obj: Context, since: datetime, until: datetime | None, wait: bool) -> None:
+    """Load the sessions created between --since and --until, slice by slice.
+
+    Slices are backfill.slice_days long; each finished one is recorded, so a
+    backfill that was interrupted resumes where it stopped when started
+    again with the same --since. The watermark is left alone and syncs may
+    run meanwhile. Shows a progress bar on a terminal, one log line per
+    slice otherwise.
+    """
+    since = since.replace(tzinfo=UTC)
+    until = until.replace(tzinfo=UTC) if until else None
+    if until is not None and until <= since:
+        raise click.BadParameter("must be later than --since", param_hint="--until")
+    settings = obj.settings()
+    with open_warehouse(settings) as engine:
+        summary = backfill_once(settings, engine, since=since, until=until, wait=wait)
+    if summary is None:
+        report_busy_lock("backfill", settings, wait=wait)
+    else:
+        click.echo(describe_backfill(summary))
+
+
+@cli.command(
     epilog="Example: DATABASE_URL=postgresql://etl@db/warehouse devin-etl migrate"
 )
 @click.pass_obj
@@ -180,6 +285,46 @@ def describe_run(summary: RunSummary) -> str:
         f"{counts.sessions_updated} updated, {counts.sessions_unchanged} unchanged, "
         f"{counts.items_rejected} rejected; watermark "
         f"{summary.watermark.isoformat() if summary.watermark else 'none'}"
+    )
+
+
+def describe_reconcile(summary: ReconcileSummary) -> str:
+    return (
+        f"Reconcile run {summary.run_id} succeeded in {summary.seconds:.1f}s: "
+        f"{summary.listed} sessions listed, {summary.deleted} marked deleted, "
+        f"{summary.restored} restored"
+    )
+
+
+def describe_backfill(summary: BackfillSummary) -> str:
+    counts = summary.counts
+    incomplete = (
+        f", {summary.incomplete} incomplete (run the backfill again)"
+        if summary.incomplete
+        else ""
+    )
+    return (
+        f"Backfill run {summary.run_id} succeeded in {summary.seconds:.1f}s: "
+        f"{summary.slices} slices up to {summary.until.isoformat()}, "
+        f"{summary.skipped} finished earlier{incomplete}; "
+        f"{counts.sessions_seen} sessions seen, {counts.sessions_inserted} new, "
+        f"{counts.sessions_updated} updated, {counts.sessions_unchanged} unchanged"
+    )
+
+
+def report_busy_lock(what: str, settings: Settings, *, wait: bool) -> None:
+    """Another ``what`` of the source holds the lock: say so and exit 0, or
+    fail when --wait waited for it in vain."""
+    source = settings.sync.source
+    if wait:
+        raise LockTimeoutError(
+            f"another {what} of source {source} still held the lock after "
+            f"{settings.sync.lock_wait_seconds:.0f}s: check `devin-etl status` "
+            "or raise sync.lock_wait_seconds"
+        )
+    click.echo(
+        f"Another {what} of source {source} is in progress; nothing to do "
+        "(use --wait to wait for it)."
     )
 
 

@@ -86,9 +86,21 @@ def alembic_config(engine: sa.Engine, settings: DatabaseSettings) -> Config:
 
 
 def upgrade_schema(engine: sa.Engine, settings: DatabaseSettings) -> str:
-    """Apply every pending migration; returns the revision now applied."""
+    """Apply every pending migration; returns the revision now applied.
+
+    Raises :class:`SchemaError` when the database refuses a migration (a
+    missing privilege, a table in the way), with the database's reason.
+    """
     with translate_connection_errors(settings):
-        command.upgrade(alembic_config(engine, settings), "head")
+        try:
+            command.upgrade(alembic_config(engine, settings), "head")
+        except sa.exc.DBAPIError as error:
+            if isinstance(error, sa.exc.OperationalError) and _is_connect_error(error):
+                raise
+            raise SchemaError(
+                f"the warehouse refused a migration ({_first_line(error.orig)}): "
+                "fix that in the database, then run `devin-etl migrate` again"
+            ) from error
         return current_revision(engine) or "base"
 
 

@@ -1,7 +1,8 @@
 """``devin-etl demo``: the whole product on a laptop, with no key and no server.
 
 Starts the API simulator, syncs it into the embedded warehouse, changes some
-sessions upstream, syncs again and prints what the dashboards would show.
+sessions upstream, syncs again and prints what the dashboards would show,
+from the same views they query.
 """
 
 from __future__ import annotations
@@ -17,29 +18,52 @@ from etl import db
 from etl.config import Settings
 from etl.errors import ConfigError, LockTimeoutError
 from etl.pipeline import RunSummary, sync_once
-from etl.simulator import Simulator, generate_sessions
+from etl.simulator import (
+    Simulator,
+    generate_organizations,
+    generate_sessions,
+    generate_users,
+)
 
 DEMO_SOURCE = "demo"
 Echo = Callable[[str], None]
 
+# Portable SQL over the BI views (docs/schema.md), which exist on SQLite and
+# PostgreSQL alike: what the Grafana dashboard shows, as text.
 QUERIES = {
-    "Sessions and ACUs per organization": """
-        SELECT org_id, count(*) AS sessions, round(sum(acus_consumed), 1) AS acus
-        FROM sessions GROUP BY org_id ORDER BY sessions DESC LIMIT 5
+    "Sessions per organization (v_sessions_daily)": """
+        SELECT coalesce(org_name, org_id) AS org, sum(sessions) AS sessions
+        FROM v_sessions_daily
+        GROUP BY org_id, org_name ORDER BY sessions DESC LIMIT 5
     """,
-    "Pull requests by repository (merged / total)": """
-        SELECT repo, sum(CASE WHEN pr_state = 'merged' THEN 1 ELSE 0 END) AS merged,
-               count(*) AS total
-        FROM session_pull_requests WHERE repo IS NOT NULL
-        GROUP BY repo ORDER BY total DESC LIMIT 5
+    "ACUs per day, last 5 days with usage (v_acu_daily)": """
+        SELECT day, round(CAST(sum(acus) AS NUMERIC), 1) AS acus
+        FROM v_acu_daily
+        GROUP BY day HAVING sum(acus) <> 0 ORDER BY day DESC LIMIT 5
     """,
-    "Status mix": """
-        SELECT status, count(*) AS sessions FROM sessions
+    "Top users by ACUs (v_acu_daily)": """
+        SELECT coalesce(user_name, user_id, '(service users)') AS who,
+               round(CAST(sum(acus) AS NUMERIC), 1) AS acus
+        FROM v_acu_daily
+        GROUP BY user_id, user_name ORDER BY sum(acus) DESC LIMIT 5
+    """,
+    "Pull requests by repository (v_pr_outcomes)": """
+        SELECT repo, sum(opened) AS opened, sum(merged) AS merged,
+               sum(closed) AS closed,
+               round(1.0 * sum(merged) / nullif(sum(merged) + sum(closed), 0), 2)
+                   AS merge_rate
+        FROM v_pr_outcomes
+        GROUP BY repo ORDER BY merged DESC, repo LIMIT 5
+    """,
+    "Session durations by origin (v_session_durations)": """
+        SELECT origin, count(*) AS ended,
+               round(CAST(avg(duration_seconds) / 3600 AS NUMERIC), 1) AS avg_hours
+        FROM v_session_durations
+        GROUP BY origin ORDER BY ended DESC LIMIT 5
+    """,
+    "Status mix (v_sessions)": """
+        SELECT status, count(*) AS sessions FROM v_sessions
         GROUP BY status ORDER BY sessions DESC
-    """,
-    "Most used tags": """
-        SELECT tag, count(*) AS sessions FROM session_tags
-        GROUP BY tag ORDER BY sessions DESC, tag LIMIT 5
     """,
 }
 
@@ -48,7 +72,12 @@ def run_demo(
     settings: Settings, *, sessions: int, database_url: str | None, echo: Echo
 ) -> None:
     """Run the demo end to end, printing each step with ``echo``."""
-    with Simulator(generate_sessions(sessions, seed=42, now=_now())) as simulator:
+    now = _now()
+    with Simulator(
+        generate_sessions(sessions, seed=42, now=now),
+        organizations=generate_organizations(seed=42, now=now),
+        users=generate_users(seed=42),
+    ) as simulator:
         demo_settings = _demo_settings(settings, simulator, database_url)
         engine = db.create_warehouse_engine(demo_settings.database)
         try:

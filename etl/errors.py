@@ -7,7 +7,9 @@
     │   ├── ApiUnavailableError     timeouts, dropped connections, 429, 5xx,
     │   │                           a 200 whose body is not a page
     │   ├── DatabaseUnavailableError  the warehouse cannot be reached
-    │   └── LockTimeoutError    another run held the source's lock too long
+    │   ├── LockTimeoutError    another run held the source's lock too long
+    │   └── RunStoppedError     the daemon is shutting down; the next run
+    │                           reads the window again
     └── PermanentError          fix something first: retrying cannot help
         ├── ConfigError             a setting is missing or invalid
         ├── ApiAuthError            401: the API key is wrong or revoked
@@ -16,7 +18,9 @@
         ├── ApiContractError        the API broke a promise (repeated cursor,
         │                           ignored filter, millisecond timestamps)
         ├── SchemaError             the warehouse schema is missing or old
-        └── LoadError               the warehouse refused the data
+        ├── LoadError               the warehouse refused the data
+        └── DeletionLimitError      a reconcile would mark too many sessions
+                                    deleted (a wrong filter or listing?)
 
 ``requests`` exceptions never leave :mod:`etl.extract` and database driver
 exceptions never leave :mod:`etl.load` and :mod:`etl.state`: they are
@@ -55,6 +59,14 @@ class LockTimeoutError(TransientError):
     """Another run of the same source kept its lock past the wait limit."""
 
 
+class RunStoppedError(TransientError):
+    """A run was asked to stop and ended between two batches.
+
+    Its committed batches stay, the watermark does not move, so the next run
+    reads the same window again.
+    """
+
+
 class PermanentError(EtlError):
     """Retrying cannot help: a person must change something first."""
 
@@ -85,3 +97,8 @@ class SchemaError(PermanentError):
 
 class LoadError(PermanentError):
     """The warehouse refused the data of a batch."""
+
+
+class DeletionLimitError(PermanentError):
+    """A reconcile would mark more than ``reconcile.max_deleted_share`` of the
+    live sessions deleted; nothing was marked. ``--force`` overrides it."""

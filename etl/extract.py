@@ -8,8 +8,10 @@ exceptions never leave this module.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,6 +34,7 @@ from etl.errors import (
 log = logging.getLogger(__name__)
 
 SESSIONS_PATH = "/v3/enterprise/sessions"
+NO_RESPONSE = "none"
 Params = list[tuple[str, str]]
 
 PERMISSIONS = {
@@ -58,10 +61,16 @@ class Page:
 
 @dataclass
 class RequestStats:
-    """Counts of one client's HTTP traffic, read into the run record."""
+    """Counts of one client's HTTP traffic since it was created.
+
+    ``by_status`` counts every response, retried ones included, by status
+    code (``"200"``, ``"503"``); ``NO_RESPONSE`` counts requests that got
+    none (timeouts, dropped connections).
+    """
 
     requests: int = 0
     retries: int = 0
+    by_status: Counter[str] = dataclasses.field(default_factory=Counter)
 
 
 class DevinClient:
@@ -133,7 +142,12 @@ class DevinClient:
     def _get_page(self, path: str, params: Params) -> Page:
         self.stats.requests += 1
         started = time.monotonic()
-        response = self._send(path, params)
+        try:
+            response = self._send(path, params)
+        except ApiUnavailableError:
+            self.stats.by_status[NO_RESPONSE] += 1
+            raise
+        self.stats.by_status[str(response.status_code)] += 1
         log.debug(
             "GET %s -> %s in %.3fs",
             path,

@@ -5,11 +5,14 @@ a multi-row insert on SQLite), then one set-based statement per table merges
 it:
 
 * sessions are upserted by ``session_id``; a row is written only when the
-  staged version is at least as new as the stored one and differs from it,
+  staged version is at least as new as the stored one and differs from it
+  (or the stored one is marked deleted: being listed clears ``deleted_at``),
   so re-reading an unchanged session writes nothing;
 * the tags, pull requests and child links of every session whose staged
   version is current replace the stored ones: rows gone upstream are deleted,
-  new ones inserted, changed ones updated, equal ones left alone.
+  new ones inserted, changed ones updated, equal ones left alone;
+* every such session whose version differs from its latest one in
+  ``session_history`` gets a new version there (see :mod:`etl.history`).
 
 Database driver errors never leave this module.
 """
@@ -30,6 +33,7 @@ from sqlalchemy.sql.expression import FunctionElement
 
 from etl import schema
 from etl.errors import DatabaseUnavailableError, LoadError
+from etl.history import record_versions
 from etl.transform import (
     CHILD_COLUMNS,
     PULL_REQUEST_COLUMNS,
@@ -121,14 +125,15 @@ STAGES = {
 
 
 def load_batch(
-    connection: sa.Connection, batch: Batch, *, synced_at: datetime
+    connection: sa.Connection, batch: Batch, *, synced_at: datetime, run_id: int
 ) -> LoadResult:
     """Merge ``batch`` into the warehouse within the open transaction.
 
     ``synced_at`` stamps ``first_synced_at``/``last_synced_at`` of the rows
-    written. Raises :class:`LoadError` when the database refuses the data
-    and :class:`DatabaseUnavailableError` when the connection fails; the
-    caller's transaction must then be rolled back.
+    written and ``observed_at`` of the versions recorded; ``run_id`` names
+    the run in ``session_history``. Raises :class:`LoadError` when the
+    database refuses the data and :class:`DatabaseUnavailableError` when the
+    connection fails; the caller's transaction must then be rolled back.
     """
     try:
         _stage(connection, batch)
@@ -138,6 +143,12 @@ def load_batch(
         child_rows = sum(
             _replace_children(connection, schema.metadata.tables[name])
             for name in batch.child_frames
+        )
+        record_versions(
+            connection,
+            sa.select(stage_current.c.session_id),
+            run_id=run_id,
+            observed_at=synced_at,
         )
     except sa.exc.OperationalError as error:
         raise DatabaseUnavailableError(
@@ -251,21 +262,32 @@ def _staged_session_values(connection: sa.Connection) -> list[sa.ColumnElement[A
 def _merge_sessions(connection: sa.Connection, synced_at: datetime) -> int:
     sessions = schema.sessions
     stamp = sa.literal(synced_at, schema.Timestamp)
-    source = sa.select(
-        *_staged_session_values(connection),
-        stamp.label("first_synced_at"),
-        stamp.label("last_synced_at"),
-    ).where(sa.true())
+    source = (
+        sa.select(
+            *_staged_session_values(connection),
+            stamp.label("first_synced_at"),
+            stamp.label("last_synced_at"),
+        )
+        .where(sa.true())
+        # One order for every loader: concurrent runs (a sync and a backfill)
+        # lock the sessions they share in the same order, so cannot deadlock.
+        .order_by(stage_sessions.c.session_id)
+    )
     statement = _insert(connection, sessions).from_select(
         [*SESSION_COLUMNS, "first_synced_at", "last_synced_at"], source
     )
     new = statement.excluded
     is_changed = sa.or_(
-        *(sessions.c[name].is_distinct_from(new[name]) for name in SESSION_DATA_COLUMNS)
+        sessions.c.deleted_at.is_not(None),  # listed again: no longer deleted
+        *(
+            sessions.c[name].is_distinct_from(new[name])
+            for name in SESSION_DATA_COLUMNS
+        ),
     )
+    written = {name: new[name] for name in (*SESSION_DATA_COLUMNS, "last_synced_at")}
     statement = statement.on_conflict_do_update(
         index_elements=[SESSION_KEY],
-        set_={name: new[name] for name in (*SESSION_DATA_COLUMNS, "last_synced_at")},
+        set_={**written, "deleted_at": None},
         where=sa.and_(new.updated_at >= sessions.c.updated_at, is_changed),
     ).returning(sessions.c.session_id)
     return len(connection.execute(statement).all())

@@ -43,9 +43,8 @@ def run_lock(
     did not free it within ``wait_seconds``; the block must then do nothing.
     """
     if settings.is_postgres:
-        with _advisory_lock(
-            engine, advisory_key(settings.db_schema, name), wait_seconds
-        ) as held:
+        key = advisory_key(settings.db_schema, name)
+        with _advisory_lock(engine, key, name, wait_seconds) as held:
             yield held
     else:
         with _file_lock(engine, name, wait_seconds) as held:
@@ -53,9 +52,11 @@ def run_lock(
 
 
 @contextmanager
-def _advisory_lock(engine: sa.Engine, key: int, wait_seconds: float) -> Iterator[bool]:
+def _advisory_lock(
+    engine: sa.Engine, key: int, name: str, wait_seconds: float
+) -> Iterator[bool]:
     with engine.connect() as connection:
-        held = _try_until(lambda: _try_advisory(connection, key), wait_seconds)
+        held = _try_until(lambda: _try_advisory(connection, key), name, wait_seconds)
         try:
             yield held
         finally:
@@ -79,9 +80,7 @@ def _file_lock(engine: sa.Engine, name: str, wait_seconds: float) -> Iterator[bo
         return
     safe_name = hashlib.sha256(name.encode()).hexdigest()[:12]
     lock = filelock.FileLock(f"{database}.{safe_name}.lock")
-    try:
-        lock.acquire(timeout=wait_seconds)
-    except filelock.Timeout:
+    if not _try_until(lambda: _try_file_lock(lock), name, wait_seconds):
         yield False
         return
     try:
@@ -90,11 +89,24 @@ def _file_lock(engine: sa.Engine, name: str, wait_seconds: float) -> Iterator[bo
         lock.release()
 
 
-def _try_until(attempt: Callable[[], bool], wait_seconds: float) -> bool:
+def _try_file_lock(lock: filelock.BaseFileLock) -> bool:
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        return False
+    return True
+
+
+def _try_until(attempt: Callable[[], bool], name: str, wait_seconds: float) -> bool:
     deadline = time.monotonic() + wait_seconds
-    while True:
+    if attempt():
+        return True
+    if wait_seconds > 0:
+        log.info(
+            "Lock %r is held by another run; waiting up to %.0fs", name, wait_seconds
+        )
+    while time.monotonic() < deadline:
+        time.sleep(POLL_SECONDS)
         if attempt():
             return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(POLL_SECONDS)
+    return False

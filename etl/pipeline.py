@@ -22,6 +22,7 @@ How the watermark stays correct (the README's "Guarantees" says the same):
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
@@ -34,13 +35,15 @@ from typing import Any
 import sqlalchemy as sa
 
 from etl import state
+from etl.bi import refresh_bi_inputs
 from etl.config import Settings
 from etl.db import ensure_schema
-from etl.errors import ApiContractError, EtlError
+from etl.errors import ApiContractError, EtlError, RunStoppedError
 from etl.extract import (
     SESSIONS_PATH,
     DevinClient,
     Page,
+    RequestStats,
     find_filter_violation,
     session_params,
 )
@@ -85,6 +88,26 @@ class RunSummary:
     seconds: float
 
 
+def _ignore(_: object) -> None:
+    """The default hook: nothing watches the run."""
+
+
+@dataclass(frozen=True)
+class RunHooks:
+    """How a long-lived caller (the daemon) steers and watches a run.
+
+    The run checks ``stop`` before each batch: once it is set, the run ends
+    with :class:`RunStoppedError`, keeping the batches it committed and the
+    old watermark. ``on_batch`` gets the counts of each batch right after
+    its commit; ``on_requests`` gets the client's traffic when the run ends,
+    however it ends.
+    """
+
+    stop: threading.Event = field(default_factory=threading.Event)
+    on_batch: Callable[[RunCounts], None] = _ignore
+    on_requests: Callable[[RequestStats], None] = _ignore
+
+
 @dataclass(frozen=True)
 class _Window:
     """Where a listing starts, and the server time a sane clock shows now.
@@ -105,37 +128,55 @@ class _ServerClockWentBackError(Exception):
 
 @dataclass
 class _Listing:
-    """What one pass over the window saw, for the stability verdict."""
+    """What one pass over the window saw, for the stability verdict.
+
+    A listing is unstable when an offset cursor may have skipped a session:
+    something left the listed set (``total`` went down) or a session moved
+    within the order (it came again with another ``updated_at``). Sessions
+    that only joined the set, or came twice unchanged, skip nothing.
+    """
 
     server_time: datetime | None = None
     newest_update: int | None = None
-    first_total: int | None = None
+    last_total: int | None = None
     is_stable: bool = True
-    seen: set[int] = field(default_factory=set)
+    versions: dict[int, int] = field(default_factory=dict)
 
-    def observe(self, page: Page, session_ids: list[str], updated: list[int]) -> None:
-        if self.server_time is None and not self.seen:
+    def observe(self, page: Page) -> None:
+        if self.server_time is None and not self.versions:
             self.server_time = page.server_time
-            self.first_total = page.total
-        if page.total is not None and page.total != self.first_total:
-            self.is_stable = False
-        for session_id in session_ids:
-            key = hash(session_id)
-            if key in self.seen:
+        if page.total is not None:
+            if self.last_total is not None and page.total < self.last_total:
                 self.is_stable = False
-            self.seen.add(key)
-        if updated:
-            self.newest_update = max(self.newest_update or 0, *updated)
+            self.last_total = page.total
+        for session_id, updated_at in _versions(page.items):
+            seen = self.versions.setdefault(hash(session_id), updated_at)
+            if seen != updated_at:
+                self.is_stable = False
+            self.newest_update = max(self.newest_update or 0, updated_at)
+
+
+def _versions(items: list[dict[str, Any]]) -> Iterator[tuple[str, int]]:
+    for item in items:
+        session_id, updated_at = item.get("session_id"), item.get("updated_at")
+        if isinstance(session_id, str) and isinstance(updated_at, int):
+            yield session_id, updated_at
 
 
 def sync_once(
-    settings: Settings, engine: sa.Engine, *, full: bool = False, wait: bool = False
+    settings: Settings,
+    engine: sa.Engine,
+    *,
+    full: bool = False,
+    wait: bool = False,
+    hooks: RunHooks | None = None,
 ) -> RunSummary | None:
     """Check the schema, take the source's lock and run one sync.
 
     Returns None, having done nothing, when another run of the source holds
     the lock (after waiting up to ``sync.lock_wait_seconds`` if ``wait``).
     """
+    hooks = hooks or RunHooks()
     ensure_schema(engine, settings.database)
     source = settings.sync.source
     wait_seconds = settings.sync.lock_wait_seconds if wait else 0.0
@@ -146,9 +187,12 @@ def sync_once(
         abandon_dead_runs(engine, source, (SYNC, RECONCILE))
         client = DevinClient(settings.api, settings.require_api_key())
         try:
-            return SessionSync(settings, engine, client).run(full=full)
+            summary = SessionSync(settings, engine, client, hooks).run(full=full)
+            refresh_bi_inputs(settings, engine, client)
+            return summary
         finally:
             client.close()
+            hooks.on_requests(client.stats)
 
 
 def abandon_dead_runs(engine: sa.Engine, source: str, kinds: tuple[str, ...]) -> None:
@@ -163,11 +207,20 @@ class SessionSync:
     """Runs of the sessions sync for one configured source."""
 
     def __init__(
-        self, settings: Settings, engine: sa.Engine, client: DevinClient
+        self,
+        settings: Settings,
+        engine: sa.Engine,
+        client: DevinClient,
+        hooks: RunHooks | None = None,
+        *,
+        batch_log_level: int = logging.INFO,
     ) -> None:
         self._settings = settings
         self._engine = engine
         self._client = client
+        self._hooks = hooks or RunHooks()
+        self._batch_log_level = batch_log_level
+        self._counted = RequestStats(client.stats.requests, client.stats.retries)
         self._source = settings.sync.source
         self._fingerprint = _fingerprint(settings)
 
@@ -197,6 +250,34 @@ class SessionSync:
         summary = replace(summary, seconds=time.monotonic() - started)
         _log_summary(summary)
         return summary
+
+    def load_listing(
+        self,
+        run_id: int,
+        counts: RunCounts,
+        on_stable: Callable[[sa.Connection, int], None],
+    ) -> bool:
+        """Load every session the configured filters list, ignoring the watermark.
+
+        Lists again, up to ``sync.max_passes`` times, while a listing is not
+        stable. ``on_stable`` runs in the transaction of the last batch of
+        the first stable listing, with the number of sessions it held.
+        Returns whether a listing was stable. Reads and moves no watermark
+        and does not finish the run: callers such as the backfill own both.
+        """
+        close_pass = partial(_close_if_stable, on_stable)
+        max_passes = self._settings.sync.max_passes
+        for number in range(1, max_passes + 1):
+            listing = self._run_pass(run_id, _Window(None, None), counts, close_pass)
+            if listing.is_stable:
+                return True
+            log.warning(
+                "Run %s: sessions moved during listing %s%s",
+                run_id,
+                number,
+                "" if number == max_passes else "; listing again",
+            )
+        return False
 
     def _window_start(
         self, stored: state.SourceState, *, full: bool
@@ -303,11 +384,20 @@ class SessionSync:
         size = self._settings.sync.batch_pages
         with closing(prefetch(pages, depth=size)) as ahead:
             for batch, is_last in _mark_last(_batched(ahead, size)):
+                self._raise_if_stopped(run_id)
                 items = self._check_pages(batch, listing, updated_after)
                 self._check_server_clock(window, listing)
                 last_step = close_pass if is_last else None
                 counts.add(self._load(run_id, batch, items, listing, last_step))
         return listing
+
+    def _raise_if_stopped(self, run_id: int) -> None:
+        if self._hooks.stop.is_set():
+            raise RunStoppedError(
+                f"run {run_id} stopped between batches because the process is "
+                "shutting down: its committed batches are kept and the watermark "
+                "did not move, so the next run reads the window again"
+            )
 
     def _check_server_clock(self, window: _Window, listing: _Listing) -> None:
         """Raise when the server clock moved back more than the lookback.
@@ -336,19 +426,7 @@ class SessionSync:
                 )
         _warn_if_window_ignored(items, updated_after)
         for page in pages:
-            listing.observe(
-                page,
-                [
-                    i["session_id"]
-                    for i in page.items
-                    if isinstance(i.get("session_id"), str)
-                ],
-                [
-                    i["updated_at"]
-                    for i in page.items
-                    if isinstance(i.get("updated_at"), int)
-                ],
-            )
+            listing.observe(page)
         return items
 
     def _load(
@@ -362,12 +440,16 @@ class SessionSync:
         started = time.monotonic()
         batch = normalize_items(items)
         with self._engine.begin() as connection:
-            result = load_batch(connection, batch, synced_at=state.utc_now())
+            result = load_batch(
+                connection, batch, synced_at=state.utc_now(), run_id=run_id
+            )
             counts = self._batch_counts(pages, batch.rejected, result)
             state.add_run_counts(connection, run_id, **vars(counts))
             if close_pass is not None:
                 close_pass(connection, listing)
-        log.info(
+        self._hooks.on_batch(counts)
+        log.log(
+            self._batch_log_level,
             "Run %s: batch of %s pages, %s sessions (%s new, %s updated, %s "
             "unchanged), %s child rows written, %s rejected in %.2fs",
             run_id,
@@ -385,7 +467,7 @@ class SessionSync:
     def _batch_counts(
         self, pages: tuple[Page, ...], rejected: int, result: LoadResult
     ) -> RunCounts:
-        stats = self._client.stats
+        stats, counted = self._client.stats, self._counted
         counts = RunCounts(
             pages=len(pages),
             sessions_seen=result.inserted + result.updated + result.unchanged,
@@ -394,10 +476,10 @@ class SessionSync:
             sessions_unchanged=result.unchanged,
             child_rows_written=result.child_rows_written,
             items_rejected=rejected,
-            api_requests=stats.requests,
-            api_retries=stats.retries,
+            api_requests=stats.requests - counted.requests,
+            api_retries=stats.retries - counted.retries,
         )
-        stats.requests = stats.retries = 0
+        self._counted = RequestStats(stats.requests, stats.retries)
         return counts
 
     def _close_pass(
@@ -429,12 +511,26 @@ class SessionSync:
         )
 
     def _record_failure(self, run_id: int, error: BaseException) -> None:
-        message = str(error) if isinstance(error, EtlError) else repr(error)
-        try:
-            with self._engine.begin() as connection:
-                state.finish_run(connection, run_id, status=state.FAILED, error=message)
-        except sa.exc.SQLAlchemyError:
-            log.warning("Run %s: could not record the failure", run_id)
+        record_failure(self._engine, run_id, error)
+
+
+def record_failure(engine: sa.Engine, run_id: int, error: BaseException) -> None:
+    """Close a run as failed with its error line, if the warehouse still answers."""
+    message = str(error) if isinstance(error, EtlError) else repr(error)
+    try:
+        with engine.begin() as connection:
+            state.finish_run(connection, run_id, status=state.FAILED, error=message)
+    except sa.exc.SQLAlchemyError:
+        log.warning("Run %s: could not record the failure", run_id)
+
+
+def _close_if_stable(
+    on_stable: Callable[[sa.Connection, int], None],
+    connection: sa.Connection,
+    listing: _Listing,
+) -> None:
+    if listing.is_stable:
+        on_stable(connection, len(listing.versions))
 
 
 def _batched(items: Iterator[Page], size: int) -> Iterator[tuple[Page, ...]]:

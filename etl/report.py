@@ -9,6 +9,7 @@ import sqlalchemy as sa
 
 from etl import schema
 from etl.config import Settings
+from etl.health import HEALTHY, UNHEALTHY, read_health
 from etl.state import as_utc, read_source_state, utc_now
 
 RUN_COLUMNS = (
@@ -23,15 +24,18 @@ RUN_COLUMNS = (
     ("upd", "sessions_updated"),
     ("same", "sessions_unchanged"),
     ("rej", "items_rejected"),
+    ("req", "api_requests"),
     ("retries", "api_retries"),
     ("error", "error"),
 )
 
 
 def render_status(engine: sa.Engine, settings: Settings, *, runs: int) -> str:
-    """The source's watermark, its last ``runs`` runs and the row counts."""
+    """The health verdict, the source's watermark, its last ``runs`` runs
+    and the row counts: what ``/healthz`` and ``/metrics`` tell, for a human."""
     with engine.connect() as connection:
         lines = _source_lines(connection, settings.sync.source)
+        lines.insert(1, _health_line(connection, settings))
         lines += ["", "Last runs:", *format_table(_last_runs(connection, runs))]
         lines += ["", "Rows:", *_row_count_lines(connection)]
     return "\n".join(lines)
@@ -44,6 +48,12 @@ def _source_lines(connection: sa.Connection, source: str) -> list[str]:
         f"  watermark:     {_when(stored.watermark)}",
         f"  last success:  {_when(stored.last_success_at)}",
     ]
+
+
+def _health_line(connection: sa.Connection, settings: Settings) -> str:
+    health = read_health(connection, settings)
+    verdict = HEALTHY if health.is_healthy else UNHEALTHY
+    return f"  health:        {verdict}: {health.reason}"
 
 
 def _when(moment: datetime | None) -> str:

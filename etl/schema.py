@@ -4,7 +4,8 @@ Tables are declared without a schema. On PostgreSQL every connection sets
 ``search_path`` to the configured schema (``devin`` by default), so the same
 definitions serve Alembic, the loader and SQLite, which has no schemas.
 Timestamps are ``timestamptz`` in UTC. ``docs/schema.md`` describes every
-column; change both together and only through a migration.
+column; change both together and only through a migration. The BI views
+(``v_*``) are not declared here: their migrations create them with plain SQL.
 """
 
 from __future__ import annotations
@@ -134,6 +135,65 @@ backfill_slices = sa.Table(
     sa.Column("run_id", BigId, nullable=False),
     sa.Column("sessions", sa.Integer, nullable=False),
     sa.Column("finished_at", Timestamp, nullable=False),
+)
+
+# One row per observed version of a session, written by the loader in the
+# transaction that stores the version (see etl.history).
+session_history = sa.Table(
+    "session_history",
+    metadata,
+    sa.Column("session_id", sa.Text, _session_fk(), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.Column("observed_at", Timestamp, nullable=False),
+    sa.Column("run_id", BigId),
+    sa.Column("status", sa.Text),
+    sa.Column("status_detail", sa.Text),
+    sa.Column("acus_consumed", sa.Float(precision=53)),
+    sa.Column("is_archived", sa.Boolean),
+    sa.Column("title", sa.Text),
+    sa.Column("tags", Json, nullable=False),
+    sa.Column("pull_requests", Json, nullable=False),
+    sa.Index(None, "updated_at"),
+)
+
+# The directory listings, refreshed in full by each sync (see etl.directory).
+organizations = sa.Table(
+    "organizations",
+    metadata,
+    sa.Column("org_id", sa.Text, primary_key=True),
+    sa.Column("name", sa.Text),
+    sa.Column("created_at", Timestamp),
+    sa.Column("updated_at", Timestamp),
+    sa.Column("max_session_acu_limit", sa.Float(precision=53)),
+    sa.Column("max_cycle_acu_limit", sa.Float(precision=53)),
+    sa.Column("first_synced_at", Timestamp, nullable=False),
+    sa.Column("last_synced_at", Timestamp, nullable=False),
+    sa.Column("removed_at", Timestamp),
+)
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("user_id", sa.Text, primary_key=True),
+    sa.Column("email", sa.Text),
+    sa.Column("name", sa.Text),
+    sa.Column("first_synced_at", Timestamp, nullable=False),
+    sa.Column("last_synced_at", Timestamp, nullable=False),
+    sa.Column("removed_at", Timestamp),
+)
+
+# The settings the BI views read; one row, written by each sync (etl.bi).
+bi_settings = sa.Table(
+    "bi_settings",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("day_start_hour_utc", sa.Integer, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.CheckConstraint("id = 1", name="one_row"),
+    sa.CheckConstraint(
+        "day_start_hour_utc BETWEEN 0 AND 23", name="day_start_hour_utc"
+    ),
 )
 
 SESSION_CHILD_TABLES = (session_tags, session_pull_requests, session_children)

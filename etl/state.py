@@ -166,3 +166,44 @@ def abandon_stale_runs(
         )
     )
     return int(result.rowcount)
+
+
+def read_backfill_slices(
+    connection: sa.Connection, source: str
+) -> list[tuple[datetime, datetime]]:
+    """The ``created_at`` ranges ``[start, end)`` that backfills of ``source``
+    finished, oldest first."""
+    slices = schema.backfill_slices
+    rows = connection.execute(
+        sa.select(slices.c.slice_start, slices.c.slice_end)
+        .where(slices.c.source == source)
+        .order_by(slices.c.slice_start)
+    )
+    return [(_utc(start), _utc(end)) for start, end in rows]
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def record_backfill_slice(
+    connection: sa.Connection,
+    *,
+    source: str,
+    start: datetime,
+    end: datetime,
+    run_id: int,
+    sessions: int,
+) -> None:
+    """Record that the slice ``[start, end)`` is loaded, in the caller's
+    transaction (the one that commits the slice's last batch)."""
+    values = {"run_id": run_id, "sessions": sessions, "finished_at": utc_now()}
+    insert = _insert(connection, schema.backfill_slices).values(
+        source=source, slice_start=start, slice_end=end, **values
+    )
+    connection.execute(
+        insert.on_conflict_do_update(
+            index_elements=["source", "slice_start", "slice_end"],
+            set_={key: insert.excluded[key] for key in values},
+        )
+    )

@@ -13,7 +13,16 @@ import pytest
 from etl.simulator import Simulator
 from support import start_simulator
 
-COMMANDS = ["sync", "migrate", "status", "demo", "simulate"]
+COMMANDS = [
+    "sync",
+    "migrate",
+    "status",
+    "demo",
+    "simulate",
+    "daemon",
+    "reconcile",
+    "backfill",
+]
 CLEARED = ("DEVIN_API_KEY", "DEVIN_API_BASE_URL", "DATABASE_URL", "DEVIN_ETL_CONFIG")
 
 

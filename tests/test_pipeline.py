@@ -449,3 +449,26 @@ def kill_after_first_commit(
         os.kill(process.pid, signal.SIGKILL)
 
     return hook
+
+
+def keep_busy(simulator: Simulator, page_number: int) -> None:
+    """Create one session and update one on every page, like a busy account."""
+    simulator.create_session()
+    oldest = min(simulator.sessions_snapshot(), key=lambda s: s["updated_at"])
+    simulator.update_session(oldest["session_id"], title=f"busy {page_number}")
+
+
+def test_sync_busy_server_with_stable_order_needs_one_listing(
+    pg_warehouse: Warehouse,
+) -> None:
+    with start_simulator(cursor="keyset", order="created_desc") as simulator:
+        settings = make_settings(simulator, pg_warehouse)
+        simulator.on_page(keep_busy)
+
+        summary = run(settings, pg_warehouse)
+
+        assert summary.passes == 1
+        assert summary.is_window_complete
+        simulator.clear_hooks()
+        run(settings, pg_warehouse)
+        assert_synced(simulator, pg_warehouse)
