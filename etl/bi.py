@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from etl import schema
 from etl.config import BiSettings, Settings
 from etl.directory import refresh_directory
-from etl.errors import EtlError
+from etl.errors import TransientError
 from etl.extract import DevinClient
 from etl.state import utc_now
 
@@ -43,8 +43,9 @@ def refresh_bi_inputs(
     """Store the day boundary, then refresh the directory if configured.
 
     Runs after a session sync, under its lock. The sessions are what the
-    run is for and they are committed by then, so a directory that cannot be
-    refreshed is a warning, retried by the next run, not a failed run.
+    run is for and they are committed by then, so an API that is down for
+    the directory is a warning, retried by the next run. Anything a person
+    must fix (millisecond timestamps, a rejected request) still fails.
     """
     with engine.begin() as connection:
         save_bi_settings(connection, settings.bi)
@@ -52,7 +53,7 @@ def refresh_bi_inputs(
         return
     try:
         refresh_directory(engine, client, page_size=settings.api.page_size)
-    except EtlError as error:
+    except TransientError as error:
         log.warning("Organizations and users were not refreshed: %s", error)
 
 

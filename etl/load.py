@@ -178,10 +178,14 @@ def _stage(connection: sa.Connection, batch: Batch) -> None:
         table = _empty_stage(connection, STAGES[name])
         if not frame.empty:
             _fill_stage(connection, table, frame)
-        if connection.dialect.name == "postgresql":
-            # Temporary tables get no statistics by themselves; without them
-            # the planner hashes whole warehouse tables for every batch.
-            connection.execute(sa.text(f"ANALYZE {table.name}"))
+        _analyze(connection, table)
+
+
+def _analyze(connection: sa.Connection, table: sa.Table) -> None:
+    # Temporary tables get no statistics by themselves; without them the
+    # planner scans whole warehouse tables for every batch.
+    if connection.dialect.name == "postgresql":
+        connection.execute(sa.text(f"ANALYZE {table.name}"))
 
 
 def _empty_stage(connection: sa.Connection, table: sa.Table) -> sa.Table:
@@ -304,6 +308,7 @@ def _mark_current_sessions(connection: sa.Connection) -> None:
     )
     table = _empty_stage(connection, stage_current)
     connection.execute(table.insert().from_select(["session_id"], current))
+    _analyze(connection, table)
 
 
 def _replace_children(connection: sa.Connection, table: sa.Table) -> int:
