@@ -14,18 +14,24 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-import sqlalchemy as sa
 
-from etl import __version__, db
-from etl.backfill import BackfillSummary, backfill_once
+from etl import __version__
 from etl.config import Settings, load_settings
 from etl.errors import EtlError, LockTimeoutError
 from etl.logs import configure_logging, redact, register_secret
-from etl.pipeline import RunSummary, sync_once
-from etl.reconcile import ReconcileSummary, reconcile_once
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+
+    from etl.backfill import BackfillSummary
+    from etl.pipeline import RunSummary
+    from etl.reconcile import ReconcileSummary
+
+# Commands import the pipeline (pandas, SQLAlchemy, Alembic) when they run,
+# so that --help and usage errors answer at once.
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +98,8 @@ def sync(obj: Context, full: bool, wait: bool) -> None:
     """
     settings = obj.settings()
     with open_warehouse(settings) as engine:
+        from etl.pipeline import sync_once
+
         summary = sync_once(settings, engine, full=full, wait=wait)
     if summary is not None:
         click.echo(describe_run(summary))
@@ -157,6 +165,8 @@ def reconcile(obj: Context, force: bool, wait: bool) -> None:
     """
     settings = obj.settings()
     with open_warehouse(settings) as engine:
+        from etl.reconcile import reconcile_once
+
         summary = reconcile_once(settings, engine, force=force, wait=wait)
     if summary is None:
         report_busy_lock("run", settings, wait=wait)
@@ -202,6 +212,8 @@ def backfill(obj: Context, since: datetime, until: datetime | None, wait: bool) 
         raise click.BadParameter("must be later than --since", param_hint="--until")
     settings = obj.settings()
     with open_warehouse(settings) as engine:
+        from etl.backfill import backfill_once
+
         summary = backfill_once(settings, engine, since=since, until=until, wait=wait)
     if summary is None:
         report_busy_lock("backfill", settings, wait=wait)
@@ -215,9 +227,11 @@ def backfill(obj: Context, since: datetime, until: datetime | None, wait: bool) 
 @click.pass_obj
 def migrate(obj: Context) -> None:
     """Create or upgrade the warehouse schema to the latest revision."""
+    from etl.db import upgrade_schema
+
     settings = obj.settings()
     with open_warehouse(settings) as engine:
-        revision = db.upgrade_schema(engine, settings.database)
+        revision = upgrade_schema(engine, settings.database)
     click.echo(f"Warehouse schema is at revision {revision}.")
 
 
@@ -226,11 +240,12 @@ def migrate(obj: Context) -> None:
 @click.pass_obj
 def status(obj: Context, runs: int) -> None:
     """Show the watermark, the last runs and the row counts."""
+    from etl.db import ensure_schema
     from etl.report import render_status
 
     settings = obj.settings()
     with open_warehouse(settings) as engine:
-        db.ensure_schema(
+        ensure_schema(
             engine, settings.database.model_copy(update={"auto_migrate": False})
         )
         click.echo(render_status(engine, settings, runs=runs))
@@ -269,7 +284,9 @@ def simulate(port: int, host: str, sessions: int, seed: int) -> None:
 
 @contextmanager
 def open_warehouse(settings: Settings) -> Iterator[sa.Engine]:
-    engine = db.create_warehouse_engine(settings.database)
+    from etl.db import create_warehouse_engine
+
+    engine = create_warehouse_engine(settings.database)
     try:
         yield engine
     finally:
