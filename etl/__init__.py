@@ -1,8 +1,5 @@
 """devin-etl: sync Devin sessions into a SQL warehouse."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("devin-etl")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0"
+# The single source of the version: pyproject.toml reads it from here, which
+# spares every start of the command line a scan of the installed packages.
+__version__ = "0.1.0"

@@ -6,21 +6,24 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 
 from etl.config import DatabaseSettings
 from etl.errors import DatabaseUnavailableError, SchemaError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
+# The newest revision in migrations/versions (a test keeps the two equal).
+# Every run checks it; reading it from the scripts would import Alembic and
+# parse every revision on each start of `devin-etl sync`.
+HEAD_REVISION = "0003"
 
 
 def create_warehouse_engine(settings: DatabaseSettings) -> sa.Engine:
@@ -78,6 +81,8 @@ def _first_line(error: BaseException | None) -> str:
 
 def alembic_config(engine: sa.Engine, settings: DatabaseSettings) -> Config:
     """An Alembic config that runs this project's migrations on ``engine``."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["engine"] = engine
@@ -91,6 +96,8 @@ def upgrade_schema(engine: sa.Engine, settings: DatabaseSettings) -> str:
     Raises :class:`SchemaError` when the database refuses a migration (a
     missing privilege, a table in the way), with the database's reason.
     """
+    from alembic import command
+
     with translate_connection_errors(settings):
         try:
             command.upgrade(alembic_config(engine, settings), "head")
@@ -105,11 +112,19 @@ def upgrade_schema(engine: sa.Engine, settings: DatabaseSettings) -> str:
 
 
 def current_revision(engine: sa.Engine) -> str | None:
+    """The revision recorded in ``alembic_version``, or None without one."""
     with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
+        if not sa.inspect(connection).has_table("alembic_version"):
+            return None
+        query = sa.text("SELECT version_num FROM alembic_version")
+        revision = connection.execute(query).scalar_one_or_none()
+    return str(revision) if revision is not None else None
 
 
 def head_revision() -> str:
+    """The newest revision according to the migration scripts themselves."""
+    from alembic.script import ScriptDirectory
+
     script = ScriptDirectory(str(MIGRATIONS_DIR))
     head = script.get_current_head()
     assert head is not None, "migrations/versions holds no revision"
@@ -124,7 +139,7 @@ def ensure_schema(engine: sa.Engine, settings: DatabaseSettings) -> None:
     """
     with translate_connection_errors(settings):
         current = current_revision(engine)
-    if current == head_revision():
+    if current == HEAD_REVISION:
         return
     if settings.auto_migrate:
         log.info("Migrating the warehouse from %s to head", current or "empty")
@@ -133,6 +148,6 @@ def ensure_schema(engine: sa.Engine, settings: DatabaseSettings) -> None:
     state = "has no devin-etl schema" if current is None else "schema is outdated"
     raise SchemaError(
         f"the warehouse {state} (revision {current or 'none'}, expected "
-        f"{head_revision()}): run `devin-etl migrate` first, or set "
+        f"{HEAD_REVISION}): run `devin-etl migrate` first, or set "
         "database.auto_migrate = true"
     )

@@ -166,3 +166,7 @@ def test_upgrade_schema_refused_by_the_database_says_why_in_one_line(
     assert "\n" not in message
     assert db.current_revision(engine) == "0002"
     engine.dispose()
+
+
+def test_head_revision_constant_matches_the_migration_scripts() -> None:
+    assert db.head_revision() == db.HEAD_REVISION
