@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from itertools import islice
 from typing import Any
@@ -51,6 +51,13 @@ from etl.load import LoadResult, load_batch
 from etl.lock import run_lock
 from etl.prefetch import prefetch
 from etl.transform import normalize_items
+from etl.window import (
+    Listing,
+    ServerClockWentBackError,
+    Window,
+    expected_server_now,
+    reference_time,
+)
 
 log = logging.getLogger(__name__)
 
@@ -106,61 +113,6 @@ class RunHooks:
     stop: threading.Event = field(default_factory=threading.Event)
     on_batch: Callable[[RunCounts], None] = _ignore
     on_requests: Callable[[RequestStats], None] = _ignore
-
-
-@dataclass(frozen=True)
-class _Window:
-    """Where a listing starts, and the server time a sane clock shows now.
-
-    ``expected_server_now`` is the last watermark plus the time this host saw
-    pass since that run started: only differences of the host clock are used.
-    """
-
-    start: datetime | None
-    expected_server_now: datetime | None
-
-
-class _ServerClockWentBackError(Exception):
-    def __init__(self, by: timedelta) -> None:
-        super().__init__(f"server clock went back by {by}")
-        self.by = by
-
-
-@dataclass
-class _Listing:
-    """What one pass over the window saw, for the stability verdict.
-
-    A listing is unstable when an offset cursor may have skipped a session:
-    something left the listed set (``total`` went down) or a session moved
-    within the order (it came again with another ``updated_at``). Sessions
-    that only joined the set, or came twice unchanged, skip nothing.
-    """
-
-    server_time: datetime | None = None
-    newest_update: int | None = None
-    last_total: int | None = None
-    is_stable: bool = True
-    versions: dict[int, int] = field(default_factory=dict)
-
-    def observe(self, page: Page) -> None:
-        if self.server_time is None and not self.versions:
-            self.server_time = page.server_time
-        if page.total is not None:
-            if self.last_total is not None and page.total < self.last_total:
-                self.is_stable = False
-            self.last_total = page.total
-        for session_id, updated_at in _versions(page.items):
-            seen = self.versions.setdefault(hash(session_id), updated_at)
-            if seen != updated_at:
-                self.is_stable = False
-            self.newest_update = max(self.newest_update or 0, updated_at)
-
-
-def _versions(items: list[dict[str, Any]]) -> Iterator[tuple[str, int]]:
-    for item in items:
-        session_id, updated_at = item.get("session_id"), item.get("updated_at")
-        if isinstance(session_id, str) and isinstance(updated_at, int):
-            yield session_id, updated_at
 
 
 def sync_once(
@@ -241,7 +193,7 @@ class SessionSync:
             run_id,
             window_start.isoformat() if window_start else "the beginning",
         )
-        window = _Window(window_start, _expected_server_now(stored))
+        window = Window(window_start, expected_server_now(stored))
         try:
             summary = self._run_passes(run_id, window, stored.watermark)
         except (EtlError, Exception, KeyboardInterrupt) as error:
@@ -268,7 +220,7 @@ class SessionSync:
         close_pass = partial(_close_if_stable, on_stable)
         max_passes = self._settings.sync.max_passes
         for number in range(1, max_passes + 1):
-            listing = self._run_pass(run_id, _Window(None, None), counts, close_pass)
+            listing = self._run_pass(run_id, Window(None, None), counts, close_pass)
             if listing.is_stable:
                 return True
             log.warning(
@@ -296,7 +248,7 @@ class SessionSync:
         )
 
     def _run_passes(
-        self, run_id: int, window: _Window, old: datetime | None
+        self, run_id: int, window: Window, old: datetime | None
     ) -> RunSummary:
         counts = RunCounts()
         max_passes = self._settings.sync.max_passes
@@ -334,24 +286,24 @@ class SessionSync:
         self,
         run_id: int,
         window_start: datetime | None,
-        listing: _Listing,
+        listing: Listing,
         passes: int,
         counts: RunCounts,
     ) -> RunSummary:
-        watermark = _reference_time(listing) or listing.server_time
+        watermark = reference_time(listing) or listing.server_time
         return RunSummary(run_id, window_start, watermark, passes, True, counts, 0.0)
 
     def _run_pass_in_server_time(
         self,
         run_id: int,
-        window: _Window,
+        window: Window,
         counts: RunCounts,
-        close_pass: Callable[[sa.Connection, _Listing], None],
-    ) -> tuple[_Listing, _Window]:
+        close_pass: Callable[[sa.Connection, Listing], None],
+    ) -> tuple[Listing, Window]:
         """Run a pass; start it again, wider, if the server clock went back."""
         try:
             return self._run_pass(run_id, window, counts, close_pass), window
-        except _ServerClockWentBackError as error:
+        except ServerClockWentBackError as error:
             log.warning(
                 "Run %s: the server clock is %ss behind where it was at the last "
                 "run; widening the window by as much",
@@ -359,22 +311,22 @@ class SessionSync:
                 int(error.by.total_seconds()),
             )
             assert window.start is not None
-            wider = _Window(window.start - error.by, None)
+            wider = Window(window.start - error.by, None)
             return self._run_pass(run_id, wider, counts, close_pass), wider
 
     def _run_pass(
         self,
         run_id: int,
-        window: _Window,
+        window: Window,
         counts: RunCounts,
-        close_pass: Callable[[sa.Connection, _Listing], None],
-    ) -> _Listing:
+        close_pass: Callable[[sa.Connection, Listing], None],
+    ) -> Listing:
         """List the window once, loading each batch in its own transaction.
 
         The last batch's transaction also runs ``close_pass``, which decides
         what becomes of the watermark.
         """
-        listing = _Listing()
+        listing = Listing()
         window_start = window.start
         updated_after = int(window_start.timestamp()) if window_start else None
         params = session_params(self._settings.filters, updated_after=updated_after)
@@ -399,7 +351,7 @@ class SessionSync:
                 "did not move, so the next run reads the window again"
             )
 
-    def _check_server_clock(self, window: _Window, listing: _Listing) -> None:
+    def _check_server_clock(self, window: Window, listing: Listing) -> None:
         """Raise when the server clock moved back more than the lookback.
 
         Sessions changed since the last run may then carry ``updated_at``
@@ -409,10 +361,10 @@ class SessionSync:
             return
         behind = window.expected_server_now - listing.server_time
         if behind > timedelta(seconds=self._settings.sync.lookback_seconds):
-            raise _ServerClockWentBackError(behind)
+            raise ServerClockWentBackError(behind)
 
     def _check_pages(
-        self, pages: tuple[Page, ...], listing: _Listing, updated_after: int | None
+        self, pages: tuple[Page, ...], listing: Listing, updated_after: int | None
     ) -> list[dict[str, Any]]:
         items = [item for page in pages for item in page.items]
         for item in items:
@@ -434,8 +386,8 @@ class SessionSync:
         run_id: int,
         pages: tuple[Page, ...],
         items: list[dict[str, Any]],
-        listing: _Listing,
-        close_pass: Callable[[sa.Connection, _Listing], None] | None,
+        listing: Listing,
+        close_pass: Callable[[sa.Connection, Listing], None] | None,
     ) -> RunCounts:
         started = time.monotonic()
         batch = normalize_items(items)
@@ -485,7 +437,7 @@ class SessionSync:
     def _close_pass(
         self,
         connection: sa.Connection,
-        listing: _Listing,
+        listing: Listing,
         *,
         run_id: int,
         old: datetime | None,
@@ -494,7 +446,7 @@ class SessionSync:
     ) -> None:
         if not listing.is_stable and not is_last_pass:
             return
-        watermark = (_reference_time(listing) or old) if listing.is_stable else old
+        watermark = (reference_time(listing) or old) if listing.is_stable else old
         state.save_watermark(
             connection,
             source=self._source,
@@ -527,7 +479,7 @@ def record_failure(engine: sa.Engine, run_id: int, error: BaseException) -> None
 def _close_if_stable(
     on_stable: Callable[[sa.Connection, int], None],
     connection: sa.Connection,
-    listing: _Listing,
+    listing: Listing,
 ) -> None:
     if listing.is_stable:
         on_stable(connection, len(listing.versions))
@@ -550,17 +502,6 @@ def _mark_last(iterable: Iterator[Any] | Any) -> Iterator[tuple[Any, bool]]:
     yield current, True
 
 
-def _reference_time(listing: _Listing) -> datetime | None:
-    if listing.server_time is not None:
-        return listing.server_time
-    if listing.newest_update is None:
-        return None
-    log.warning(
-        "The API sent no Date header: using the newest updated_at seen as the watermark"
-    )
-    return datetime.fromtimestamp(listing.newest_update, tz=UTC)
-
-
 def _warn_if_window_ignored(
     items: list[dict[str, Any]], updated_after: int | None
 ) -> None:
@@ -580,12 +521,6 @@ def _warn_if_window_ignored(
             outside,
             updated_after,
         )
-
-
-def _expected_server_now(stored: state.SourceState) -> datetime | None:
-    if stored.watermark is None or stored.last_run_started_at is None:
-        return None
-    return stored.watermark + (state.utc_now() - stored.last_run_started_at)
 
 
 def _fingerprint(settings: Settings) -> str:
