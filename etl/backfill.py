@@ -41,11 +41,9 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from etl import state
 from etl.config import FilterSettings, Settings
-from etl.db import ensure_schema
 from etl.errors import EtlError
 from etl.extract import SESSIONS_PATH, DevinClient, session_params
-from etl.lock import run_lock
-from etl.pipeline import RunCounts, SessionSync, abandon_dead_runs, record_failure
+from etl.pipeline import RunCounts, SessionSync, exclusive_run, record_failure
 
 log = logging.getLogger(__name__)
 
@@ -122,22 +120,15 @@ def backfill_once(
     None, having done nothing, when another backfill of the source holds
     the lock (after waiting up to ``sync.lock_wait_seconds`` if ``wait``).
     """
-    ensure_schema(engine, settings.database)
-    source = settings.sync.source
-    name = backfill_lock_name(source)
-    wait_seconds = settings.sync.lock_wait_seconds if wait else 0.0
-    with run_lock(engine, settings.database, name, wait_seconds=wait_seconds) as held:
-        if not held:
-            log.info("Another backfill of source %r is in progress", source)
+    lock = backfill_lock_name(settings.sync.source)
+    with exclusive_run(
+        settings, engine, lock=lock, kinds=(BACKFILL,), wait=wait
+    ) as client:
+        if client is None:
             return None
-        abandon_dead_runs(engine, source, (BACKFILL,))
-        client = DevinClient(settings.api, settings.require_api_key())
-        try:
-            backfill = Backfill(settings, engine, client)
-            shown_on = sys.stderr if stream is None else stream
-            return backfill.run(since, until, stream=shown_on)
-        finally:
-            client.close()
+        backfill = Backfill(settings, engine, client)
+        shown_on = sys.stderr if stream is None else stream
+        return backfill.run(since, until, stream=shown_on)
 
 
 def plan_slices(

@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
@@ -63,6 +63,8 @@ log = logging.getLogger(__name__)
 
 SYNC = "sync"
 RECONCILE = "reconcile"
+# The kinds of run that share the source's own lock.
+SOURCE_KINDS = (SYNC, RECONCILE)
 
 
 @dataclass
@@ -129,22 +131,49 @@ def sync_once(
     the lock (after waiting up to ``sync.lock_wait_seconds`` if ``wait``).
     """
     hooks = hooks or RunHooks()
-    ensure_schema(engine, settings.database)
-    source = settings.sync.source
-    wait_seconds = settings.sync.lock_wait_seconds if wait else 0.0
-    with run_lock(engine, settings.database, source, wait_seconds=wait_seconds) as held:
-        if not held:
-            log.info("Another run of source %r is in progress; not starting", source)
+    lock = settings.sync.source
+    with exclusive_run(
+        settings, engine, lock=lock, kinds=SOURCE_KINDS, wait=wait
+    ) as client:
+        if client is None:
             return None
-        abandon_dead_runs(engine, source, (SYNC, RECONCILE))
-        client = DevinClient(settings.api, settings.require_api_key())
         try:
             summary = SessionSync(settings, engine, client, hooks).run(full=full)
             refresh_bi_inputs(settings, engine, client)
             return summary
         finally:
-            client.close()
             hooks.on_requests(client.stats)
+
+
+@contextmanager
+def exclusive_run(
+    settings: Settings,
+    engine: sa.Engine,
+    *,
+    lock: str,
+    kinds: tuple[str, ...],
+    wait: bool,
+) -> Iterator[DevinClient | None]:
+    """Check the schema, hold ``lock`` and give one run its API client.
+
+    Yields None, having done nothing, when another run holds the lock
+    (after waiting up to ``sync.lock_wait_seconds`` if ``wait``). Runs of
+    ``kinds`` that a dead process left ``running`` are marked abandoned
+    first, which only the holder of their lock may do.
+    """
+    ensure_schema(engine, settings.database)
+    wait_seconds = settings.sync.lock_wait_seconds if wait else 0.0
+    with run_lock(engine, settings.database, lock, wait_seconds=wait_seconds) as held:
+        if not held:
+            log.info("Lock %r is held by another run; not starting", lock)
+            yield None
+            return
+        abandon_dead_runs(engine, settings.sync.source, kinds)
+        client = DevinClient(settings.api, settings.require_api_key())
+        try:
+            yield client
+        finally:
+            client.close()
 
 
 def abandon_dead_runs(engine: sa.Engine, source: str, kinds: tuple[str, ...]) -> None:

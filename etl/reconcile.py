@@ -42,7 +42,6 @@ import sqlalchemy as sa
 
 from etl import schema, state
 from etl.config import FilterSettings, Settings
-from etl.db import ensure_schema
 from etl.errors import ApiContractError, DeletionLimitError, EtlError
 from etl.extract import (
     SESSIONS_PATH,
@@ -51,8 +50,7 @@ from etl.extract import (
     find_filter_violation,
     session_params,
 )
-from etl.lock import run_lock
-from etl.pipeline import RECONCILE, SYNC, abandon_dead_runs, record_failure
+from etl.pipeline import RECONCILE, SOURCE_KINDS, exclusive_run, record_failure
 
 log = logging.getLogger(__name__)
 
@@ -104,19 +102,13 @@ def reconcile_once(
     Raises :class:`DeletionLimitError` when more than
     ``reconcile.max_deleted_share`` would be marked and ``force`` is False.
     """
-    ensure_schema(engine, settings.database)
-    source = settings.sync.source
-    wait_seconds = settings.sync.lock_wait_seconds if wait else 0.0
-    with run_lock(engine, settings.database, source, wait_seconds=wait_seconds) as held:
-        if not held:
-            log.info("Another run of source %r is in progress; not starting", source)
+    lock = settings.sync.source
+    with exclusive_run(
+        settings, engine, lock=lock, kinds=SOURCE_KINDS, wait=wait
+    ) as client:
+        if client is None:
             return None
-        abandon_dead_runs(engine, source, (SYNC, RECONCILE))
-        client = DevinClient(settings.api, settings.require_api_key())
-        try:
-            return Reconciler(settings, engine, client).run(force=force)
-        finally:
-            client.close()
+        return Reconciler(settings, engine, client).run(force=force)
 
 
 def deletion_signal(
