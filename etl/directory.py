@@ -23,7 +23,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
 from etl import schema
 from etl.errors import (
@@ -160,7 +159,7 @@ def _upsert(
     if not rows:
         return 0
     table = listing.table
-    insert = _insert(connection, table)
+    insert = schema.insert_for(connection, table)
     new = insert.excluded
     is_changed = sa.or_(
         table.c.removed_at.is_not(None),
@@ -193,12 +192,6 @@ def _mark_removed(
             statement.values(removed_at=at), [{"gone_key": k} for k in gone]
         )
     return len(gone)
-
-
-def _insert(connection: sa.Connection, table: sa.Table) -> Any:
-    if connection.dialect.name == "postgresql":
-        return postgresql.insert(table)
-    return sqlite.insert(table)
 
 
 def _organization_row(item: Row) -> Row:

@@ -27,7 +27,7 @@ from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import FunctionElement
 
@@ -259,12 +259,6 @@ def _count_new_sessions(connection: sa.Connection) -> int:
     return int(connection.execute(query).scalar_one())
 
 
-def _insert(connection: sa.Connection, table: sa.Table) -> Any:
-    if connection.dialect.name == "postgresql":
-        return postgresql.insert(table)
-    return sqlite.insert(table)
-
-
 def _staged_session_values(connection: sa.Connection) -> list[sa.ColumnElement[Any]]:
     values: list[sa.ColumnElement[Any]] = []
     for name in SESSION_COLUMNS:
@@ -291,7 +285,7 @@ def _merge_sessions(connection: sa.Connection, synced_at: datetime) -> int:
         # lock the sessions they share in the same order, so cannot deadlock.
         .order_by(stage_sessions.c.session_id)
     )
-    statement = _insert(connection, sessions).from_select(
+    statement = schema.insert_for(connection, sessions).from_select(
         [*SESSION_COLUMNS, "first_synced_at", "last_synced_at"], source
     )
     new = statement.excluded
@@ -342,7 +336,7 @@ def _replace_children(connection: sa.Connection, table: sa.Table) -> int:
     rows = sa.select(*(stage.c[name] for name in columns)).where(
         stage.c.session_id.in_(current)
     )
-    statement = _insert(connection, table).from_select(columns, rows)
+    statement = schema.insert_for(connection, table).from_select(columns, rows)
     if others:
         new = statement.excluded
         statement = statement.on_conflict_do_update(

@@ -10,8 +10,10 @@ column; change both together and only through a migration. The BI views
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import postgresql, sqlite
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -197,3 +199,14 @@ bi_settings = sa.Table(
 )
 
 SESSION_CHILD_TABLES = (session_tags, session_pull_requests, session_children)
+
+
+def insert_for(connection: sa.Connection, table: sa.Table) -> Any:
+    """An INSERT of the connection's dialect, which has ``on_conflict_do_*``.
+
+    Both supported dialects spell upserts the same way in SQLAlchemy, but
+    through their own insert constructs.
+    """
+    if connection.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)

@@ -10,10 +10,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
 from etl import schema
 
@@ -39,6 +38,10 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+@overload
+def as_utc(value: datetime) -> datetime: ...
+@overload
+def as_utc(value: None) -> None: ...
 def as_utc(value: datetime | None) -> datetime | None:
     """SQLite returns naive datetimes; everything stored is UTC."""
     if value is None or value.tzinfo is not None:
@@ -80,19 +83,13 @@ def save_watermark(
         "last_success_at": utc_now(),
         "last_run_id": run_id,
     }
-    insert = _insert(connection, schema.sync_state).values(**values)
+    insert = schema.insert_for(connection, schema.sync_state).values(**values)
     connection.execute(
         insert.on_conflict_do_update(
             index_elements=["source"],
             set_={key: insert.excluded[key] for key in values if key != "source"},
         )
     )
-
-
-def _insert(connection: sa.Connection, table: sa.Table) -> Any:
-    if connection.dialect.name == "postgresql":
-        return postgresql.insert(table)
-    return sqlite.insert(table)
 
 
 def start_run(
@@ -179,11 +176,7 @@ def read_backfill_slices(
         .where(slices.c.source == source)
         .order_by(slices.c.slice_start)
     )
-    return [(_utc(start), _utc(end)) for start, end in rows]
-
-
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    return [(as_utc(start), as_utc(end)) for start, end in rows]
 
 
 def record_backfill_slice(
@@ -198,7 +191,7 @@ def record_backfill_slice(
     """Record that the slice ``[start, end)`` is loaded, in the caller's
     transaction (the one that commits the slice's last batch)."""
     values = {"run_id": run_id, "sessions": sessions, "finished_at": utc_now()}
-    insert = _insert(connection, schema.backfill_slices).values(
+    insert = schema.insert_for(connection, schema.backfill_slices).values(
         source=source, slice_start=start, slice_end=end, **values
     )
     connection.execute(
