@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from etl.simulator import Simulator
-from support import start_simulator
+from support import CLEARED_ENV, start_simulator
 
 COMMANDS = [
     "sync",
@@ -23,12 +23,11 @@ COMMANDS = [
     "reconcile",
     "backfill",
 ]
-CLEARED = ("DEVIN_API_KEY", "DEVIN_API_BASE_URL", "DATABASE_URL", "DEVIN_ETL_CONFIG")
 
 
 def devin_etl(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
     """Run ``devin-etl`` in a clean environment plus ``env``."""
-    base = {k: v for k, v in os.environ.items() if k not in CLEARED}
+    base = {k: v for k, v in os.environ.items() if k not in CLEARED_ENV}
     return subprocess.run(
         [sys.executable, "-m", "etl", *args],
         cwd=cwd,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -27,7 +26,7 @@ from etl.errors import ApiContractError, LoadError
 from etl.extract import DevinClient
 from etl.pipeline import RunSummary, SessionSync, sync_once
 from etl.simulator import Simulator
-from support import Warehouse, make_settings, start_simulator
+from support import Warehouse, make_settings, start_cli, start_simulator
 
 
 def run(settings: Settings, warehouse: Warehouse, **options: Any) -> RunSummary:
@@ -400,7 +399,7 @@ def test_sync_killed_with_sigkill_then_next_run_is_complete(
     pg_warehouse: Warehouse,
 ) -> None:
     with start_simulator(count=600) as simulator:
-        process = start_sync_process(simulator, pg_warehouse)
+        process = start_cli(simulator, pg_warehouse, "sync")
         simulator.on_page(kill_after_first_commit(process, pg_warehouse, 9))
 
         assert process.wait(timeout=60) == -signal.SIGKILL
@@ -414,28 +413,8 @@ def test_sync_killed_with_sigkill_then_next_run_is_complete(
         assert_synced(simulator, pg_warehouse)
 
 
-def start_sync_process(
-    simulator: Simulator, warehouse: Warehouse
-) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "DEVIN_API_KEY": simulator.config.api_key,
-        "DEVIN_API_BASE_URL": simulator.base_url,
-        "DATABASE_URL": warehouse.settings.url,
-        "DEVIN_ETL_DATABASE__SCHEMA": warehouse.settings.db_schema,
-        "DEVIN_ETL_API__PAGE_SIZE": "50",
-        "DEVIN_ETL_SYNC__BATCH_PAGES": "2",
-    }
-    return subprocess.Popen(
-        [sys.executable, "-m", "etl", "sync"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
 def kill_after_first_commit(
-    process: subprocess.Popen[bytes], warehouse: Warehouse, page: int
+    process: subprocess.Popen[str], warehouse: Warehouse, page: int
 ) -> Callable[[Simulator, int], None]:
     """Hold page ``page`` until a batch is committed, then SIGKILL the sync."""
 
