@@ -387,6 +387,25 @@ def _param_value(value: object) -> str:
     return str(value)
 
 
+def check_filters(
+    items: list[dict[str, Any]], filters: FilterSettings, *, consequence: str
+) -> None:
+    """Raise :class:`ApiContractError` for the first item outside ``filters``.
+
+    ``consequence`` says what the caller therefore did not do, e.g. "nothing
+    was marked".
+    """
+    for item in items:
+        violated = find_filter_violation(item, filters)
+        if violated:
+            raise ApiContractError(
+                f"GET {SESSIONS_PATH} returned session {item.get('session_id')} "
+                f"outside the configured filter {violated}: the server ignored "
+                f"the filter, so {consequence}; check DEVIN_API_BASE_URL points "
+                "at an API that supports it"
+            )
+
+
 def find_filter_violation(item: dict[str, Any], filters: FilterSettings) -> str | None:
     """Name the configured filter that ``item`` does not satisfy, if any.
 

@@ -38,13 +38,13 @@ from etl import state
 from etl.bi import refresh_bi_inputs
 from etl.config import Settings
 from etl.db import ensure_schema
-from etl.errors import ApiContractError, EtlError, RunStoppedError
+from etl.errors import EtlError, RunStoppedError
 from etl.extract import (
     SESSIONS_PATH,
     DevinClient,
     Page,
     RequestStats,
-    find_filter_violation,
+    check_filters,
     session_params,
 )
 from etl.load import LoadResult, load_batch
@@ -396,15 +396,11 @@ class SessionSync:
         self, pages: tuple[Page, ...], listing: Listing, updated_after: int | None
     ) -> list[dict[str, Any]]:
         items = [item for page in pages for item in page.items]
-        for item in items:
-            violated = find_filter_violation(item, self._settings.filters)
-            if violated:
-                raise ApiContractError(
-                    f"GET {SESSIONS_PATH} returned session {item.get('session_id')} "
-                    f"outside the configured filter {violated}: the server ignored "
-                    "the filter, so nothing of this batch was stored; check "
-                    "DEVIN_API_BASE_URL points at an API that supports it"
-                )
+        check_filters(
+            items,
+            self._settings.filters,
+            consequence="nothing of this batch was stored",
+        )
         _warn_if_window_ignored(items, updated_after)
         for page in pages:
             listing.observe(page)

@@ -47,7 +47,7 @@ from etl.extract import (
     SESSIONS_PATH,
     DevinClient,
     Params,
-    find_filter_violation,
+    check_filters,
     session_params,
 )
 from etl.pipeline import RECONCILE, SOURCE_KINDS, exclusive_run, record_failure
@@ -223,15 +223,8 @@ class Reconciler:
         return listed, count
 
     def _checked_ids(self, items: list[dict[str, Any]]) -> Iterator[str]:
+        check_filters(items, self._settings.filters, consequence="nothing was marked")
         for item in items:
-            violated = find_filter_violation(item, self._settings.filters)
-            if violated:
-                raise ApiContractError(
-                    f"GET {SESSIONS_PATH} returned session {item.get('session_id')} "
-                    f"outside the configured filter {violated}: the server ignored "
-                    "the filter, so nothing was marked; check DEVIN_API_BASE_URL "
-                    "points at an API that supports it"
-                )
             if isinstance(item.get("session_id"), str):
                 yield item["session_id"]
 
